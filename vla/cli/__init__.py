@@ -1,0 +1,28 @@
+"""The `vla` command line: one thin module per command group, each calling library functions."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from vla.cli import data
+from vla.errors import VlaError
+
+app = typer.Typer(
+    name="vla",
+    help="Robot learning with mixture-of-experts VLA policies: convert demonstrations, train, evaluate, deploy.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data.app, name="data")
+
+
+def main() -> None:
+    try:
+        app()
+    except VlaError as e:
+        # Bad input: one clear line, no traceback.
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)

@@ -1,0 +1,133 @@
+"""`vla data`: convert demonstrations into a store, describe it, validate it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Convert demonstrations into the vla store, inspect and validate stores.", no_args_is_help=True)
+console = Console()
+
+FORMATS = ("lerobot", "libero", "calvin", "dp-zarr")
+
+
+def _parse_pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for v in values or []:
+        if "=" not in v:
+            raise typer.BadParameter(f"{what} must look like NAME=VALUE, got {v!r}")
+        k, val = v.split("=", 1)
+        out[k] = val
+    return out
+
+
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="Source file or folder (e.g. a folder of LIBERO HDF5 files, one per task).")],
+    dst: Annotated[Path, typer.Argument(help="Output store folder (written as DST.partial, renamed when complete).")],
+    fmt: Annotated[str, typer.Option("--from", help=f"Source format: {', '.join(FORMATS)}.")] = ...,
+    declare: Annotated[Path | None, typer.Option(help="YAML declaring what the source does not say (fps, action dims, ...).")] = None,
+    fps: Annotated[float | None, typer.Option(help="Control rate in Hz (required for dp-zarr unless declared).")] = None,
+    embodiment: Annotated[str | None, typer.Option(help="Robot/embodiment name recorded in the store.")] = None,
+    action_space: Annotated[str | None, typer.Option(
+        help="Action-space preset: eef_delta_axis_angle_gripper, eef_abs_euler_gripper, eef_rel_euler_gripper, "
+        "pusht_xy, jointN, jointN_gripper.")] = None,
+    camera_orientation: Annotated[list[str] | None, typer.Option(
+        help="CAMERA=upright|rotated_180: orientation of a camera's SOURCE frames (repeatable).")] = None,
+    key: Annotated[list[str] | None, typer.Option(help="SOURCE_KEY=STORE_KEY renaming (repeatable).")] = None,
+    task: Annotated[str | None, typer.Option(help="Language instruction for sources that carry none.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace DST if it exists (only once the new store is complete).")] = False,
+    restart: Annotated[bool, typer.Option(help="Ignore a partial conversion at DST.partial and start over.")] = False,
+) -> None:
+    """Convert demonstrations into a store, episode by episode; an interrupted run resumes."""
+    from vla.datasets.convert import convert as run_convert
+    from vla.datasets.declare import Declaration, preset
+
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", param_hint="--from")
+    decl = Declaration.from_yaml(declare) if declare else Declaration()
+    decl = decl.updated(
+        fps=fps, embodiment=embodiment, task=task,
+        action=preset(action_space) if action_space else None,
+        camera_orientation=_parse_pairs(camera_orientation, "--camera-orientation") or None,
+        keys=_parse_pairs(key, "--key") or None,
+    )
+    summary = run_convert(fmt, src, dst, decl, resume=not restart, overwrite=overwrite)
+    store = summary.store
+    table = Table(title=f"converted {fmt} -> {store.path}", show_header=False)
+    table.add_row("episodes", f"{store.num_episodes} ({summary.episodes_skipped} resumed from an earlier run)")
+    table.add_row("frames", str(store.num_frames))
+    table.add_row("fps", f"{store.fps:g}")
+    table.add_row("tasks", str(len(store.tasks)))
+    table.add_row("keys", ", ".join(store.keys))
+    table.add_row("time", f"{summary.seconds:.1f} s ({summary.frames_per_second:.0f} frames/s)")
+    console.print(table)
+
+
+def describe(store) -> dict:
+    keys = {k: {"dtype": v.dtype, "shape": list(v.shape)} for k, v in store.keys.items()}
+    return {
+        "path": str(store.path),
+        "episodes": store.num_episodes,
+        "frames": store.num_frames,
+        "fps": store.fps,
+        "embodiment": store.spec.embodiment,
+        "source": store.spec.source.format,
+        "keys": keys,
+        "tasks": store.tasks,
+        "annotations": int(store.meta.get("num_annotations", 0)),
+        "action_space": [f"{d.name}:{d.kind}/{d.mode}" for d in store.spec.action],
+        "cameras": [{"name": c.name, "orientation": c.orientation, "source_orientation": c.source_orientation}
+                    for c in store.spec.cameras],
+        "stats": store.stats,
+    }
+
+
+@app.command()
+def info(
+    store_path: Annotated[Path, typer.Argument(metavar="STORE", help="A store folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON.")] = False,
+) -> None:
+    """Episodes, frames, keys and shapes, fps, tasks, action space and statistics of a store."""
+    from vla.datasets.store import Store
+
+    store = Store(store_path)
+    d = describe(store)
+    if as_json:
+        print(json.dumps(d, indent=2))
+        return
+    console.print(f"[bold]{store.path}[/]  {d['episodes']} episodes, {d['frames']} frames, {d['fps']:g} fps, "
+                  f"embodiment {d['embodiment']!r}, from {d['source']}")
+    t = Table("key", "dtype", "shape", "mean", "std", "q01", "q99")
+    for k, v in d["keys"].items():
+        st = store.stats.get(k, {})
+        def fmt(f, st=st):
+            return " ".join(f"{x:.3g}" for x in st[f]) if f in st else ""
+        t.add_row(k, v["dtype"], str(tuple(v["shape"])), fmt("mean"), fmt("std"), fmt("q01"), fmt("q99"))
+    console.print(t)
+    console.print("action: " + ", ".join(d["action_space"]))
+    for c in d["cameras"]:
+        console.print(f"camera {c['name']}: stored {c['orientation']} (source {c['source_orientation']})")
+    console.print(f"{len(d['tasks'])} tasks" + (f", {d['annotations']} language windows" if d["annotations"] else ""))
+    for i, task_text in enumerate(d["tasks"][:20]):
+        console.print(f"  [{i}] {task_text}")
+    if len(d["tasks"]) > 20:
+        console.print(f"  ... and {len(d['tasks']) - 20} more")
+
+
+@app.command()
+def validate(store_path: Annotated[Path, typer.Argument(metavar="STORE", help="A store folder.")]) -> None:
+    """Check a store against the schema: one line per problem, exit code 1 if there is any."""
+    from vla.datasets.validate import validate_store
+
+    problems = validate_store(store_path)
+    for p in problems:
+        print(p)
+    if problems:
+        raise typer.Exit(1)
+    print(f"{store_path}: ok")

@@ -1,0 +1,116 @@
+"""What every converter provides, and the one driver that streams episodes into a store."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from tqdm import tqdm
+
+from vla.datasets.declare import Declaration
+from vla.datasets.spec import StoreSpec
+from vla.datasets.store import Episode, Store, StoreWriter
+from vla.errors import DataError
+
+
+class Converter(Protocol):
+    """A reader of one source format.
+
+    `spec()` describes the dataset before anything is written; `episodes(start)` yields episodes in
+    a fixed order beginning at index `start` (a resumed conversion skips what is committed);
+    `fingerprint()` identifies the source so a resume never continues a different dataset.
+    """
+
+    def spec(self) -> StoreSpec: ...
+
+    def num_episodes(self) -> int: ...
+
+    def episodes(self, start: int = 0) -> Iterator[Episode]: ...
+
+    def fingerprint(self) -> str: ...
+
+
+ConverterFactory = Callable[[Path, Declaration], Converter]
+CONVERTERS: dict[str, str] = {
+    # name -> "module:factory"; imported lazily so `vla --help` does not load lerobot or h5py.
+    "lerobot": "vla.datasets.convert.lerobot:LeRobotConverter",
+    "libero": "vla.datasets.convert.libero:LiberoConverter",
+    "calvin": "vla.datasets.convert.calvin:CalvinConverter",
+    "dp-zarr": "vla.datasets.convert.dp_zarr:DiffusionPolicyZarrConverter",
+}
+
+
+def get_converter(name: str) -> ConverterFactory:
+    if name not in CONVERTERS:
+        raise ValueError(f"unknown source format {name!r}; choose one of {', '.join(CONVERTERS)}")
+    module, attr = CONVERTERS[name].split(":")
+    import importlib
+
+    return getattr(importlib.import_module(module), attr)
+
+
+def files_fingerprint(paths: list[Path]) -> str:
+    """Identity of source files by name, size and modification time (cheap, no reading)."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        st = os.stat(p)
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class ConversionSummary:
+    store: Store
+    episodes_written: int
+    episodes_skipped: int  # committed by an earlier, interrupted run
+    frames: int
+    seconds: float
+    resumed: bool
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else float("inf")
+
+
+def convert(
+    fmt: str,
+    src: str | Path,
+    dst: str | Path,
+    declaration: Declaration | None = None,
+    *,
+    resume: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ConversionSummary:
+    """Convert SRC (a file or a folder) of format `fmt` into a store at DST, episode by episode."""
+    src = Path(src)
+    if not src.exists():
+        raise DataError(src, None, "source does not exist")
+    converter = get_converter(fmt)(src, declaration or Declaration())
+    spec = converter.spec()
+    writer = StoreWriter(dst, spec, source_fingerprint=converter.fingerprint(), resume=resume, overwrite=overwrite)
+    skipped = writer.done_episodes
+    total = converter.num_episodes()
+    t0 = time.perf_counter()
+    frames_before = writer.num_frames
+    bar = tqdm(total=total, initial=skipped, unit="ep", desc=f"convert {fmt}", disable=not progress, dynamic_ncols=True)
+    with bar:
+        for ep in converter.episodes(start=skipped):
+            writer.add_episode(ep)
+            bar.update(1)
+            bar.set_postfix(frames=writer.num_frames)
+    store = writer.finalize()
+    seconds = time.perf_counter() - t0
+    return ConversionSummary(
+        store=store,
+        episodes_written=store.num_episodes - skipped,
+        episodes_skipped=skipped,
+        frames=store.num_frames - frames_before,
+        seconds=seconds,
+        resumed=writer.resumed,
+    )

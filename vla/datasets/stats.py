@@ -1,0 +1,64 @@
+"""Per-key statistics computed in bounded memory: exact moments, quantiles from a fixed subsample."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
+MAX_QUANTILE_ROWS = 262_144  # rows kept for quantiles; exact below this many frames
+MAX_IMAGE_FRAMES = 512  # frames sampled for per-channel image statistics
+READ_BLOCK = 65_536
+
+
+def _quantile_name(q: float) -> str:
+    return f"q{round(q * 100):02d}"
+
+
+def lowdim_stats(array: Any, n: int) -> dict[str, Any]:
+    """Stats of an (n, D) array read block by block: mean/std/min/max exact, quantiles over a
+    regular subsample of at most MAX_QUANTILE_ROWS rows (exact for smaller datasets)."""
+    stride = max(1, -(-n // MAX_QUANTILE_ROWS))
+    total = np.zeros(array.shape[1:], np.float64)
+    total_sq = np.zeros(array.shape[1:], np.float64)
+    lo = np.full(array.shape[1:], np.inf)
+    hi = np.full(array.shape[1:], -np.inf)
+    kept = []
+    for start in range(0, n, READ_BLOCK):
+        block = np.asarray(array[start : min(n, start + READ_BLOCK)], dtype=np.float64)
+        total += block.sum(0)
+        total_sq += (block * block).sum(0)
+        lo = np.minimum(lo, block.min(0))
+        hi = np.maximum(hi, block.max(0))
+        first = (-start) % stride  # keep global rows 0, stride, 2*stride, ...
+        kept.append(block[first::stride])
+    mean = total / n
+    var = np.maximum(total_sq / n - mean * mean, 0.0)
+    sample = np.concatenate(kept, 0)
+    out: dict[str, Any] = {
+        "count": int(n),
+        "mean": mean.tolist(),
+        "std": np.sqrt(var).tolist(),
+        "min": lo.tolist(),
+        "max": hi.tolist(),
+        "quantile_rows": int(sample.shape[0]),
+    }
+    for q, v in zip(QUANTILES, np.quantile(sample, QUANTILES, axis=0), strict=True):
+        out[_quantile_name(q)] = v.tolist()
+    return out
+
+
+def image_stats(array: Any, n: int) -> dict[str, Any]:
+    """Per-channel stats of uint8 HWC frames scaled to [0, 1], over evenly spaced frames."""
+    idx = np.unique(np.linspace(0, n - 1, num=min(n, MAX_IMAGE_FRAMES)).astype(np.int64))
+    frames = np.stack([np.asarray(array[int(i)]) for i in idx]).astype(np.float64) / 255.0
+    flat = frames.reshape(-1, frames.shape[-1])
+    return {
+        "count": int(n),
+        "sampled_frames": len(idx),
+        "mean": flat.mean(0).tolist(),
+        "std": flat.std(0).tolist(),
+        "min": flat.min(0).tolist(),
+        "max": flat.max(0).tolist(),
+    }

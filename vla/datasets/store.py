@@ -1,0 +1,393 @@
+"""The demonstration store: a Zarr v3 group of per-frame arrays plus self-describing metadata.
+
+Layout and fields are documented in docs/store.md. Writing goes to `<dst>.partial` with a journal
+of committed episodes; `finalize()` computes statistics, marks the metadata complete and renames
+the folder into place, so a killed conversion never leaves a store that looks complete and can be
+resumed from its last committed episode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from vla import __version__
+from vla.datasets import slots as slotlib
+from vla.datasets.spec import SCHEMA_VERSION, STORE_FORMAT, KeySpec, StoreSpec
+from vla.datasets.stats import image_stats, lowdim_stats
+from vla.errors import DataError
+
+ATTRS_KEY = "vla"
+JOURNAL = "_vla_journal.json"
+PARTIAL_SUFFIX = ".partial"
+LOWDIM_CHUNK = 4096
+IMAGE_SHARD_FRAMES = 64
+# Frame-level arrays every store has besides the spec's keys.
+INDEX_KEYS = {"episode_index": "int32", "frame_index": "int32", "timestamp": "float32"}
+
+
+@dataclass
+class Episode:
+    """One episode in the store's vocabulary, as converters produce it.
+
+    `frames` maps every key of the spec (action, observation.state, observation.images.<cam>, extra
+    keys) to an array whose first axis is time. `annotations` are (start, end, text) windows in
+    episode-relative frames, end exclusive (CALVIN's language windows).
+    """
+
+    frames: dict[str, np.ndarray]
+    task: str | None = None
+    source_id: str = ""
+    annotations: list[tuple[int, int, str]] = field(default_factory=list)
+    timestamps: np.ndarray | None = None
+
+    @property
+    def length(self) -> int:
+        return len(self.frames["action"])
+
+
+def _codecs_for(spec: KeySpec) -> dict[str, Any]:
+    if spec.dtype == "uint8" and len(spec.shape) == 3:  # images: one frame per inner chunk
+        return {"compressors": [BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")]}
+    return {"compressors": [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")]}
+
+
+def _chunking(spec: KeySpec) -> dict[str, Any]:
+    if spec.dtype == "uint8" and len(spec.shape) == 3:
+        # Random windows read a few frames: one frame per chunk, shards keep the file count low.
+        return {"chunks": (1, *spec.shape), "shards": (IMAGE_SHARD_FRAMES, *spec.shape)}
+    return {"chunks": (LOWDIM_CHUNK, *spec.shape)}
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def spec_fingerprint(spec: StoreSpec, source_fingerprint: str) -> str:
+    blob = json.dumps(spec.to_json(), sort_keys=True) + "|" + source_fingerprint
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class StoreWriter:
+    """Appends episodes to `<path>.partial` and renames it to `path` on `finalize()`.
+
+    With `resume=True` an existing partial store written for the same spec and source is continued
+    from its last committed episode (`done_episodes` tells the converter where to restart).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        spec: StoreSpec,
+        *,
+        source_fingerprint: str = "",
+        resume: bool = True,
+        overwrite: bool = False,
+    ):
+        problems = spec.problems()
+        if problems:
+            raise DataError(spec.source.path or str(path), None, "invalid dataset description: " + "; ".join(problems))
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
+        self.spec = spec
+        self.keys = spec.keys()
+        self.fingerprint = spec_fingerprint(spec, source_fingerprint)
+        if self.path.exists() and not overwrite:
+            raise DataError(self.path, None, "output already exists; choose another path or pass --overwrite")
+        self.action_slots = spec.action_slots or slotlib.assign_slots(spec.action)
+        self.state_slots = spec.state_slots or (slotlib.assign_slots(spec.state) if spec.state else ())
+        self.resumed = False
+        if resume and self._journal_matches():
+            self._reopen()
+        else:
+            self._create()
+
+    # --- set-up ----------------------------------------------------------------------------
+    def _journal_matches(self) -> bool:
+        journal = self.tmp / JOURNAL
+        if not journal.exists():
+            return False
+        try:
+            state = json.loads(journal.read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        return state.get("fingerprint") == self.fingerprint
+
+    def _create(self) -> None:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.root = zarr.open_group(self.tmp, mode="w")
+        data = self.root.create_group("data")
+        for key, ks in self.keys.items():
+            data.create_array(key, shape=(0, *ks.shape), dtype=ks.dtype, **_chunking(ks), **_codecs_for(ks))
+        for key, dtype in INDEX_KEYS.items():
+            data.create_array(key, shape=(0,), dtype=dtype, chunks=(LOWDIM_CHUNK,), **_codecs_for(KeySpec(dtype, ())))
+        meta = self.root.create_group("meta")
+        for key, dtype in (("episode_ends", "int64"), ("episode_task", "int32")):
+            meta.create_array(key, shape=(0,), dtype=dtype, chunks=(LOWDIM_CHUNK,))
+        ann = meta.create_group("annotations")
+        for key, dtype in (("start", "int64"), ("end", "int64"), ("task", "int32")):
+            ann.create_array(key, shape=(0,), dtype=dtype, chunks=(LOWDIM_CHUNK,))
+        self.state = {"fingerprint": self.fingerprint, "episodes": 0, "frames": 0, "annotations": 0,
+                      "tasks": [], "source_ids": []}
+        self._commit()
+
+    def _reopen(self) -> None:
+        self.state = json.loads((self.tmp / JOURNAL).read_text())
+        self.root = zarr.open_group(self.tmp, mode="r+")
+        # Anything written after the last journal commit belongs to an unfinished episode: drop it.
+        for key in (*self.keys, *INDEX_KEYS):
+            arr = self.root["data"][key]
+            arr.resize((self.state["frames"], *arr.shape[1:]))
+        for key in ("episode_ends", "episode_task"):
+            self.root["meta"][key].resize((self.state["episodes"],))
+        for key in ("start", "end", "task"):
+            self.root["meta/annotations"][key].resize((self.state["annotations"],))
+        self.resumed = True
+
+    def _commit(self) -> None:
+        _atomic_write_json(self.tmp / JOURNAL, self.state)
+
+    @property
+    def done_episodes(self) -> int:
+        return int(self.state["episodes"])
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.state["frames"])
+
+    def _task_index(self, text: str | None) -> int:
+        if text is None or text == "":
+            return -1
+        tasks = self.state["tasks"]
+        if text not in tasks:
+            tasks.append(text)
+        return tasks.index(text)
+
+    # --- writing ---------------------------------------------------------------------------
+    def _checked(self, ep: Episode) -> dict[str, np.ndarray]:
+        src = ep.source_id or f"episode {self.done_episodes}"
+        missing = [k for k in self.keys if k not in ep.frames]
+        if missing:
+            raise DataError(src, missing[0], "required key is missing from the episode")
+        n = len(ep.frames["action"])
+        if n == 0:
+            raise DataError(src, "action", "episode is empty (0 frames)")
+        out = {}
+        for key, ks in self.keys.items():
+            arr = np.asarray(ep.frames[key])
+            if arr.shape != (n, *ks.shape):
+                raise DataError(src, key, f"expected shape {(n, *ks.shape)} (T, *{ks.shape}), got {arr.shape}")
+            if ks.dtype == "uint8":
+                if arr.dtype != np.uint8:
+                    raise DataError(src, key, f"images must be uint8, got {arr.dtype}")
+            else:
+                if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
+                    raise DataError(src, key, f"expected numbers, got dtype {arr.dtype}")
+                arr = arr.astype(ks.dtype, copy=False)
+                if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+                    bad = np.argwhere(~np.isfinite(arr))[0]
+                    raise DataError(src, key, f"non-finite value (NaN or inf) at frame {int(bad[0])}")
+            out[key] = arr
+        for start, end, text in ep.annotations:
+            if not (0 <= start < end <= n):
+                raise DataError(src, "annotations", f"window [{start}, {end}) outside the episode's {n} frames")
+            if not text:
+                raise DataError(src, "annotations", f"window [{start}, {end}) has no text")
+        return out
+
+    def add_episode(self, ep: Episode) -> None:
+        arrays = self._checked(ep)
+        n = len(arrays["action"])
+        start = self.num_frames
+        end = start + n
+        ts = ep.timestamps if ep.timestamps is not None else np.arange(n) / self.spec.fps
+        arrays["episode_index"] = np.full(n, self.done_episodes, np.int32)
+        arrays["frame_index"] = np.arange(n, dtype=np.int32)
+        arrays["timestamp"] = np.asarray(ts, np.float32)
+        data = self.root["data"]
+        for key, arr in arrays.items():
+            z = data[key]
+            z.resize((end, *z.shape[1:]))
+            z[start:end] = arr
+        self._append("meta/episode_ends", [end])
+        self._append("meta/episode_task", [self._task_index(ep.task)])
+        if ep.annotations:
+            self._append("meta/annotations/start", [start + s for s, _, _ in ep.annotations])
+            self._append("meta/annotations/end", [start + e for _, e, _ in ep.annotations])
+            self._append("meta/annotations/task", [self._task_index(t) for _, _, t in ep.annotations])
+            self.state["annotations"] += len(ep.annotations)
+        self.state["episodes"] += 1
+        self.state["frames"] = end
+        self.state["source_ids"].append(ep.source_id)
+        self._commit()
+
+    def _append(self, key: str, values: Iterable[int]) -> None:
+        z = self.root[key]
+        values = np.asarray(list(values), dtype=z.dtype)
+        old = z.shape[0]
+        z.resize((old + len(values),))
+        z[old:] = values
+
+    # --- finishing -------------------------------------------------------------------------
+    def finalize(self) -> Store:
+        """Compute statistics, write the complete metadata, and rename into place."""
+        if self.done_episodes == 0:
+            raise DataError(self.spec.source.path or self.path, None, "no episodes were written")
+        n = self.num_frames
+        data = self.root["data"]
+        stats = {}
+        for key, ks in self.keys.items():
+            stats[key] = image_stats(data[key], n) if ks.dtype == "uint8" and len(ks.shape) == 3 else lowdim_stats(data[key], n)
+        meta = {
+            "format": STORE_FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "created_with": f"vla {__version__}",
+            "complete": True,
+            "num_episodes": self.done_episodes,
+            "num_frames": n,
+            "num_annotations": int(self.state["annotations"]),
+            "spec": self.spec.to_json(),
+            "keys": {k: {"dtype": v.dtype, "shape": list(v.shape), "names": list(v.names or [])} for k, v in self.keys.items()},
+            "tasks": self.state["tasks"],
+            "slots": {
+                "num_slots": slotlib.NUM_SLOTS,
+                "action": {"indices": list(self.action_slots), "mask": slotlib.slot_mask(self.action_slots).tolist()},
+                "state": {"indices": list(self.state_slots),
+                          "mask": slotlib.slot_mask(self.state_slots).tolist() if self.state_slots else [False] * slotlib.NUM_SLOTS},
+            },
+            "stats": stats,
+        }
+        self.root.attrs[ATTRS_KEY] = meta
+        (self.tmp / JOURNAL).unlink()
+        if self.path.exists():  # --overwrite: the old store goes only once the new one is complete
+            shutil.rmtree(self.path)
+        os.replace(self.tmp, self.path)
+        return Store(self.path)
+
+
+class Store:
+    """Read access to a finished store: metadata, statistics, whole episodes and raw arrays."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.name.endswith(PARTIAL_SUFFIX) or (self.path / JOURNAL).exists():
+            raise DataError(self.path, None, "store is incomplete (an unfinished conversion); re-run the conversion to resume it")
+        if not (self.path / "zarr.json").exists():
+            raise DataError(self.path, None, "not a Zarr store (no zarr.json); convert data with `vla data convert`")
+        self.root = zarr.open_group(self.path, mode="r")
+        meta = self.root.attrs.get(ATTRS_KEY)
+        if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
+            raise DataError(self.path, f"attrs.{ATTRS_KEY}", "missing vla metadata: not a vla store")
+        version = meta.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise DataError(self.path, f"attrs.{ATTRS_KEY}.schema_version",
+                            f"unsupported schema version {version!r} (this vla reads version {SCHEMA_VERSION})")
+        if not meta.get("complete"):
+            raise DataError(self.path, f"attrs.{ATTRS_KEY}.complete", "store is not marked complete")
+        self.meta: dict[str, Any] = meta
+        self.spec = StoreSpec.from_json(meta["spec"])
+
+    # --- metadata --------------------------------------------------------------------------
+    @property
+    def num_episodes(self) -> int:
+        return int(self.meta["num_episodes"])
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.meta["num_frames"])
+
+    @property
+    def fps(self) -> float:
+        return self.spec.fps
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.meta["tasks"])
+
+    @property
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return self.meta["stats"]
+
+    @property
+    def keys(self) -> dict[str, KeySpec]:
+        return self.spec.keys()
+
+    @property
+    def camera_keys(self) -> list[str]:
+        return [c.key for c in self.spec.cameras]
+
+    @property
+    def action_slots(self) -> tuple[int, ...]:
+        return tuple(self.meta["slots"]["action"]["indices"])
+
+    @property
+    def state_slots(self) -> tuple[int, ...]:
+        return tuple(self.meta["slots"]["state"]["indices"])
+
+    @cached_property
+    def episode_ends(self) -> np.ndarray:
+        return np.asarray(self.root["meta/episode_ends"][:], np.int64)
+
+    @cached_property
+    def episode_starts(self) -> np.ndarray:
+        return np.concatenate([[0], self.episode_ends[:-1]]).astype(np.int64)
+
+    @cached_property
+    def episode_task(self) -> np.ndarray:
+        return np.asarray(self.root["meta/episode_task"][:], np.int32)
+
+    @cached_property
+    def annotations(self) -> np.ndarray:
+        """(K, 3) int64 rows of (global start, global end exclusive, task index)."""
+        a = self.root["meta/annotations"]
+        return np.stack([a["start"][:], a["end"][:], a["task"][:].astype(np.int64)], axis=1) if a["start"].shape[0] \
+            else np.zeros((0, 3), np.int64)
+
+    def task_of(self, episode: int) -> str | None:
+        t = int(self.episode_task[episode])
+        return self.tasks[t] if t >= 0 else None
+
+    # --- data ------------------------------------------------------------------------------
+    def array(self, key: str) -> zarr.Array:
+        try:
+            return self.root["data"][key]
+        except KeyError:
+            raise DataError(self.path, key, f"no such key; the store has {sorted(self.keys)}") from None
+
+    def episode(self, index: int, keys: Iterable[str] | None = None) -> Episode:
+        if not 0 <= index < self.num_episodes:
+            raise IndexError(f"episode {index} out of range 0..{self.num_episodes - 1}")
+        s, e = int(self.episode_starts[index]), int(self.episode_ends[index])
+        frames = {k: np.asarray(self.array(k)[s:e]) for k in (keys or self.keys)}
+        ann = [(int(a - s), int(b - s), self.tasks[t]) for a, b, t in self.annotations if s <= a < e]
+        return Episode(frames=frames, task=self.task_of(index), source_id=str(index), annotations=ann,
+                       timestamps=np.asarray(self.array("timestamp")[s:e]))
+
+    def __len__(self) -> int:
+        return self.num_episodes
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, episodes={self.num_episodes}, frames={self.num_frames}, fps={self.fps})"
+
+
+def open_store(path: str | Path) -> Store:
+    return Store(path)
+
+
+def is_finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
