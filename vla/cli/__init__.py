@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from vla.cli import data
+from vla.cli import data, demo
 from vla.errors import VlaError
 
 app = typer.Typer(
@@ -17,6 +17,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data.app, name="data")
+app.command(name="demo")(demo.demo)
 
 
 def main() -> None:

@@ -28,20 +28,34 @@ def _parse_pairs(values: list[str] | None, what: str) -> dict[str, str]:
 
 @app.command()
 def convert(
-    src: Annotated[Path, typer.Argument(help="Source file or folder (e.g. a folder of LIBERO HDF5 files, one per task).")],
+    src: Annotated[
+        Path, typer.Argument(help="Source file or folder (e.g. a folder of LIBERO HDF5 files, one per task).")
+    ],
     dst: Annotated[Path, typer.Argument(help="Output store folder (written as DST.partial, renamed when complete).")],
     fmt: Annotated[str, typer.Option("--from", help=f"Source format: {', '.join(FORMATS)}.")] = ...,
-    declare: Annotated[Path | None, typer.Option(help="YAML declaring what the source does not say (fps, action dims, ...).")] = None,
-    fps: Annotated[float | None, typer.Option(help="Control rate in Hz (required for dp-zarr unless declared).")] = None,
+    declare: Annotated[
+        Path | None, typer.Option(help="YAML declaring what the source does not say (fps, action dims, ...).")
+    ] = None,
+    fps: Annotated[
+        float | None, typer.Option(help="Control rate in Hz (required for dp-zarr unless declared).")
+    ] = None,
     embodiment: Annotated[str | None, typer.Option(help="Robot/embodiment name recorded in the store.")] = None,
-    action_space: Annotated[str | None, typer.Option(
-        help="Action-space preset: eef_delta_axis_angle_gripper, eef_abs_euler_gripper, eef_rel_euler_gripper, "
-        "pusht_xy, jointN, jointN_gripper.")] = None,
-    camera_orientation: Annotated[list[str] | None, typer.Option(
-        help="CAMERA=upright|rotated_180: orientation of a camera's SOURCE frames (repeatable).")] = None,
+    action_space: Annotated[
+        str | None,
+        typer.Option(
+            help="Action-space preset: eef_delta_axis_angle_gripper, eef_abs_euler_gripper, eef_rel_euler_gripper, "
+            "pusht_xy, jointN, jointN_gripper."
+        ),
+    ] = None,
+    camera_orientation: Annotated[
+        list[str] | None,
+        typer.Option(help="CAMERA=upright|rotated_180: orientation of a camera's SOURCE frames (repeatable)."),
+    ] = None,
     key: Annotated[list[str] | None, typer.Option(help="SOURCE_KEY=STORE_KEY renaming (repeatable).")] = None,
     task: Annotated[str | None, typer.Option(help="Language instruction for sources that carry none.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace DST if it exists (only once the new store is complete).")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace DST if it exists (only once the new store is complete).")
+    ] = False,
     restart: Annotated[bool, typer.Option(help="Ignore a partial conversion at DST.partial and start over.")] = False,
 ) -> None:
     """Convert demonstrations into a store, episode by episode; an interrupted run resumes."""
@@ -52,7 +66,9 @@ def convert(
         raise typer.BadParameter(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", param_hint="--from")
     decl = Declaration.from_yaml(declare) if declare else Declaration()
     decl = decl.updated(
-        fps=fps, embodiment=embodiment, task=task,
+        fps=fps,
+        embodiment=embodiment,
+        task=task,
         action=preset(action_space) if action_space else None,
         camera_orientation=_parse_pairs(camera_orientation, "--camera-orientation") or None,
         keys=_parse_pairs(key, "--key") or None,
@@ -82,8 +98,10 @@ def describe(store) -> dict:
         "tasks": store.tasks,
         "annotations": int(store.meta.get("num_annotations", 0)),
         "action_space": [f"{d.name}:{d.kind}/{d.mode}" for d in store.spec.action],
-        "cameras": [{"name": c.name, "orientation": c.orientation, "source_orientation": c.source_orientation}
-                    for c in store.spec.cameras],
+        "cameras": [
+            {"name": c.name, "orientation": c.orientation, "source_orientation": c.source_orientation}
+            for c in store.spec.cameras
+        ],
         "stats": store.stats,
     }
 
@@ -101,13 +119,17 @@ def info(
     if as_json:
         print(json.dumps(d, indent=2))
         return
-    console.print(f"[bold]{store.path}[/]  {d['episodes']} episodes, {d['frames']} frames, {d['fps']:g} fps, "
-                  f"embodiment {d['embodiment']!r}, from {d['source']}")
+    console.print(
+        f"[bold]{store.path}[/]  {d['episodes']} episodes, {d['frames']} frames, {d['fps']:g} fps, "
+        f"embodiment {d['embodiment']!r}, from {d['source']}"
+    )
     t = Table("key", "dtype", "shape", "mean", "std", "q01", "q99")
     for k, v in d["keys"].items():
         st = store.stats.get(k, {})
+
         def fmt(f, st=st):
             return " ".join(f"{x:.3g}" for x in st[f]) if f in st else ""
+
         t.add_row(k, v["dtype"], str(tuple(v["shape"])), fmt("mean"), fmt("std"), fmt("q01"), fmt("q99"))
     console.print(t)
     console.print("action: " + ", ".join(d["action_space"]))

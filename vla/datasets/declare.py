@@ -61,7 +61,9 @@ def preset(name: str) -> tuple[DimSpec, ...]:
     if m:
         return joint_preset(int(m.group(1)), bool(m.group(2)))
     if name not in ACTION_PRESETS:
-        raise ValueError(f"unknown action-space preset {name!r}; known: {', '.join(ACTION_PRESETS)}, jointN, jointN_gripper")
+        raise ValueError(
+            f"unknown action-space preset {name!r}; known: {', '.join(ACTION_PRESETS)}, jointN, jointN_gripper"
+        )
     return ACTION_PRESETS[name]
 
 

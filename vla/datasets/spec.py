@@ -165,6 +165,8 @@ class StoreSpec:
         )
 
 
-def dims(names: list[str] | tuple[str, ...], kind: str = "other", mode: str = "absolute", **kw: Any) -> tuple[DimSpec, ...]:
+def dims(
+    names: list[str] | tuple[str, ...], kind: str = "other", mode: str = "absolute", **kw: Any
+) -> tuple[DimSpec, ...]:
     """Shorthand: several dimensions of the same kind and mode."""
     return tuple(DimSpec(name=n, kind=kind, mode=mode, **kw) for n in names)

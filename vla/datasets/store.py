@@ -142,8 +142,14 @@ class StoreWriter:
         ann = meta.create_group("annotations")
         for key, dtype in (("start", "int64"), ("end", "int64"), ("task", "int32")):
             ann.create_array(key, shape=(0,), dtype=dtype, chunks=(LOWDIM_CHUNK,))
-        self.state = {"fingerprint": self.fingerprint, "episodes": 0, "frames": 0, "annotations": 0,
-                      "tasks": [], "source_ids": []}
+        self.state = {
+            "fingerprint": self.fingerprint,
+            "episodes": 0,
+            "frames": 0,
+            "annotations": 0,
+            "tasks": [],
+            "source_ids": [],
+        }
         self._commit()
 
     def _reopen(self) -> None:
@@ -252,7 +258,9 @@ class StoreWriter:
         data = self.root["data"]
         stats = {}
         for key, ks in self.keys.items():
-            stats[key] = image_stats(data[key], n) if ks.dtype == "uint8" and len(ks.shape) == 3 else lowdim_stats(data[key], n)
+            stats[key] = (
+                image_stats(data[key], n) if ks.dtype == "uint8" and len(ks.shape) == 3 else lowdim_stats(data[key], n)
+            )
         meta = {
             "format": STORE_FORMAT,
             "schema_version": SCHEMA_VERSION,
@@ -262,13 +270,20 @@ class StoreWriter:
             "num_frames": n,
             "num_annotations": int(self.state["annotations"]),
             "spec": self.spec.to_json(),
-            "keys": {k: {"dtype": v.dtype, "shape": list(v.shape), "names": list(v.names or [])} for k, v in self.keys.items()},
+            "keys": {
+                k: {"dtype": v.dtype, "shape": list(v.shape), "names": list(v.names or [])}
+                for k, v in self.keys.items()
+            },
             "tasks": self.state["tasks"],
             "slots": {
                 "num_slots": slotlib.NUM_SLOTS,
                 "action": {"indices": list(self.action_slots), "mask": slotlib.slot_mask(self.action_slots).tolist()},
-                "state": {"indices": list(self.state_slots),
-                          "mask": slotlib.slot_mask(self.state_slots).tolist() if self.state_slots else [False] * slotlib.NUM_SLOTS},
+                "state": {
+                    "indices": list(self.state_slots),
+                    "mask": slotlib.slot_mask(self.state_slots).tolist()
+                    if self.state_slots
+                    else [False] * slotlib.NUM_SLOTS,
+                },
             },
             "stats": stats,
         }
@@ -286,7 +301,9 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if self.path.name.endswith(PARTIAL_SUFFIX) or (self.path / JOURNAL).exists():
-            raise DataError(self.path, None, "store is incomplete (an unfinished conversion); re-run the conversion to resume it")
+            raise DataError(
+                self.path, None, "store is incomplete (an unfinished conversion); re-run the conversion to resume it"
+            )
         if not (self.path / "zarr.json").exists():
             raise DataError(self.path, None, "not a Zarr store (no zarr.json); convert data with `vla data convert`")
         self.root = zarr.open_group(self.path, mode="r")
@@ -295,8 +312,11 @@ class Store:
             raise DataError(self.path, f"attrs.{ATTRS_KEY}", "missing vla metadata: not a vla store")
         version = meta.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise DataError(self.path, f"attrs.{ATTRS_KEY}.schema_version",
-                            f"unsupported schema version {version!r} (this vla reads version {SCHEMA_VERSION})")
+            raise DataError(
+                self.path,
+                f"attrs.{ATTRS_KEY}.schema_version",
+                f"unsupported schema version {version!r} (this vla reads version {SCHEMA_VERSION})",
+            )
         if not meta.get("complete"):
             raise DataError(self.path, f"attrs.{ATTRS_KEY}.complete", "store is not marked complete")
         self.meta: dict[str, Any] = meta
@@ -355,8 +375,11 @@ class Store:
     def annotations(self) -> np.ndarray:
         """(K, 3) int64 rows of (global start, global end exclusive, task index)."""
         a = self.root["meta/annotations"]
-        return np.stack([a["start"][:], a["end"][:], a["task"][:].astype(np.int64)], axis=1) if a["start"].shape[0] \
+        return (
+            np.stack([a["start"][:], a["end"][:], a["task"][:].astype(np.int64)], axis=1)
+            if a["start"].shape[0]
             else np.zeros((0, 3), np.int64)
+        )
 
     def task_of(self, episode: int) -> str | None:
         t = int(self.episode_task[episode])
@@ -375,8 +398,13 @@ class Store:
         s, e = int(self.episode_starts[index]), int(self.episode_ends[index])
         frames = {k: np.asarray(self.array(k)[s:e]) for k in (keys or self.keys)}
         ann = [(int(a - s), int(b - s), self.tasks[t]) for a, b, t in self.annotations if s <= a < e]
-        return Episode(frames=frames, task=self.task_of(index), source_id=str(index), annotations=ann,
-                       timestamps=np.asarray(self.array("timestamp")[s:e]))
+        return Episode(
+            frames=frames,
+            task=self.task_of(index),
+            source_id=str(index),
+            annotations=ann,
+            timestamps=np.asarray(self.array("timestamp")[s:e]),
+        )
 
     def __len__(self) -> int:
         return self.num_episodes

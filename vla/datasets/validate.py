@@ -81,7 +81,10 @@ def validate_store(path: str | Path, scan_values: bool = True) -> list[str]:
     if scan_values:  # NaN/inf anywhere in low-dimensional data, read block by block
         for key, ks in store.keys.items():
             if ks.dtype.startswith("float"):
-                arr = store.array(key)
+                try:
+                    arr = store.array(key)
+                except DataError:  # already reported as missing above
+                    continue
                 for s in range(0, n, SCAN_BLOCK):
                     block = np.asarray(arr[s : s + SCAN_BLOCK])
                     if not np.isfinite(block).all():

@@ -88,7 +88,7 @@ def convert(
     progress: bool = True,
 ) -> ConversionSummary:
     """Convert SRC (a file or a folder) of format `fmt` into a store at DST, episode by episode."""
-    src = Path(src)
+    src = Path(src).resolve()  # one spelling of the path, so a re-run with another one still resumes
     if not src.exists():
         raise DataError(src, None, "source does not exist")
     converter = get_converter(fmt)(src, declaration or Declaration())

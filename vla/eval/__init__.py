@@ -1,0 +1,1 @@
+"""Evaluation harnesses: runner (workers, resume, results), benchmark protocols, reports."""

@@ -1,0 +1,1 @@
+"""Simulation backends (LIBERO, CALVIN) behind one small environment interface."""
