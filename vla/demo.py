@@ -24,8 +24,10 @@ console = Console()
 @dataclass
 class DemoConfig:
     out: Path
-    libero_tasks: tuple[str, ...] = ("pick up the alphabet soup and place it in the basket",
-                                     "pick up the cream cheese and place it in the basket")
+    libero_tasks: tuple[str, ...] = (
+        "pick up the alphabet soup and place it in the basket",
+        "pick up the cream cheese and place it in the basket",
+    )
     demos_per_task: int = 5
     demo_len: int = 60
     lerobot_episodes: int = 4
@@ -55,12 +57,23 @@ def stage_source_data(cfg: DemoConfig, res: DemoResult) -> str:
     for i, task in enumerate(cfg.libero_tasks):
         path = libero_dir / f"{task.replace(' ', '_')}_demo.hdf5"
         if not path.exists():
-            write_libero_hdf5(path, language=task, num_demos=cfg.demos_per_task, demo_len=cfg.demo_len,
-                              image_size=(cfg.image_size, cfg.image_size), seed=cfg.seed + i)
+            write_libero_hdf5(
+                path,
+                language=task,
+                num_demos=cfg.demos_per_task,
+                demo_len=cfg.demo_len,
+                image_size=(cfg.image_size, cfg.image_size),
+                seed=cfg.seed + i,
+            )
     lerobot_dir = cfg.out / "source" / "lerobot"
     if not (lerobot_dir / "meta" / "info.json").exists():
-        write_lerobot_dataset(lerobot_dir, num_episodes=cfg.lerobot_episodes, episode_len=cfg.lerobot_episode_len,
-                              image_size=(cfg.image_size, cfg.image_size), seed=cfg.seed)
+        write_lerobot_dataset(
+            lerobot_dir,
+            num_episodes=cfg.lerobot_episodes,
+            episode_len=cfg.lerobot_episode_len,
+            image_size=(cfg.image_size, cfg.image_size),
+            seed=cfg.seed,
+        )
     res.artifacts["libero source"] = str(libero_dir)
     res.artifacts["lerobot source"] = str(lerobot_dir)
     return f"{len(cfg.libero_tasks)} LIBERO HDF5 files, 1 LeRobot v3 dataset"
@@ -100,8 +113,9 @@ def stage_sample(cfg: DemoConfig, res: DemoResult) -> str:
     window = WindowConfig(n_obs=1, horizons=(10,))
     parts = [WindowDataset(res.artifacts[k], window) for k in ("libero store", "lerobot store")]
     mixture = MixtureDataset(parts, slots=True, image_size=(cfg.image_size, cfg.image_size))
-    sampler = MixtureSampler(mixture, weights=[0.5, 0.5], num_samples=cfg.batch_size * cfg.sample_batches,
-                             seed=cfg.seed)
+    sampler = MixtureSampler(
+        mixture, weights=[0.5, 0.5], num_samples=cfg.batch_size * cfg.sample_batches, seed=cfg.seed
+    )
     loader = torch.utils.data.DataLoader(mixture, batch_size=cfg.batch_size, sampler=sampler, num_workers=0)
     t0 = time.perf_counter()
     n, per_embodiment = 0, torch.zeros(len(parts), dtype=torch.long)
@@ -111,7 +125,8 @@ def stage_sample(cfg: DemoConfig, res: DemoResult) -> str:
     rate = n / (time.perf_counter() - t0)
     res.figures["mixture samples/s"] = round(rate, 1)
     res.figures["windows per embodiment"] = per_embodiment.tolist()
-    return f"{n} windows ({per_embodiment.tolist()} per robot), {rate:.0f} samples/s, action slots {tuple(batch['action'].shape)}"
+    shape = tuple(batch["action"].shape)
+    return f"{n} windows ({per_embodiment.tolist()} per robot), {rate:.0f} samples/s, action batch {shape}"
 
 
 STAGES: list[tuple[str, Stage]] = [
@@ -148,6 +163,7 @@ def write_report(cfg: DemoConfig, res: DemoResult) -> None:
     lines += ["", "## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in res.artifacts.items()]
     lines += ["", "## Figures", "", "```json", json.dumps(res.figures, indent=2), "```", ""]
     (cfg.out / "report.md").write_text("\n".join(lines))
-    (cfg.out / "summary.json").write_text(json.dumps({"stages": res.rows, "artifacts": res.artifacts,
-                                                      "figures": res.figures}, indent=2))
+    (cfg.out / "summary.json").write_text(
+        json.dumps({"stages": res.rows, "artifacts": res.artifacts, "figures": res.figures}, indent=2)
+    )
     console.print(f"report: {cfg.out / 'report.md'}")

@@ -11,13 +11,20 @@ from vla.datasets.spec import CameraSpec, SourceInfo, StoreSpec
 from vla.datasets.store import Episode, Store, StoreWriter
 
 
-def small_spec(image: int = 16, cameras: tuple[str, ...] = ("front",)) -> StoreSpec:
+def small_spec(
+    image: int = 16,
+    cameras: tuple[str, ...] = ("front",),
+    action: str = "eef_delta_axis_angle_gripper",
+    state: str = "joint3_gripper",
+    embodiment: str = "toy",
+    fps: float = 10,
+) -> StoreSpec:
     return StoreSpec(
-        fps=10,
-        embodiment="toy",
+        fps=fps,
+        embodiment=embodiment,
         robot_type="toy_arm",
-        action=preset("eef_delta_axis_angle_gripper"),
-        state=preset("joint3_gripper"),
+        action=preset(action),
+        state=preset(state),
         cameras=tuple(CameraSpec(c, image, image) for c in cameras),
         source=SourceInfo("synthetic"),
     )
