@@ -50,15 +50,26 @@ def lowdim_stats(array: Any, n: int) -> dict[str, Any]:
 
 
 def image_stats(array: Any, n: int) -> dict[str, Any]:
-    """Per-channel stats of uint8 HWC frames scaled to [0, 1], over evenly spaced frames."""
+    """Per-channel stats of uint8 HWC frames scaled to [0, 1], over evenly spaced frames.
+
+    Accumulated frame by frame so memory stays one frame, whatever the resolution."""
     idx = np.unique(np.linspace(0, n - 1, num=min(n, MAX_IMAGE_FRAMES)).astype(np.int64))
-    frames = np.stack([np.asarray(array[int(i)]) for i in idx]).astype(np.float64) / 255.0
-    flat = frames.reshape(-1, frames.shape[-1])
+    channels = array.shape[-1]
+    total, total_sq = np.zeros(channels), np.zeros(channels)
+    lo, hi = np.full(channels, np.inf), np.full(channels, -np.inf)
+    pixels = 0
+    for i in idx:
+        frame = np.asarray(array[int(i)]).reshape(-1, channels).astype(np.float64) / 255.0
+        total += frame.sum(0)
+        total_sq += (frame * frame).sum(0)
+        lo, hi = np.minimum(lo, frame.min(0)), np.maximum(hi, frame.max(0))
+        pixels += frame.shape[0]
+    mean = total / pixels
     return {
         "count": int(n),
         "sampled_frames": len(idx),
-        "mean": flat.mean(0).tolist(),
-        "std": flat.std(0).tolist(),
-        "min": flat.min(0).tolist(),
-        "max": flat.max(0).tolist(),
+        "mean": mean.tolist(),
+        "std": np.sqrt(np.maximum(total_sq / pixels - mean * mean, 0.0)).tolist(),
+        "min": lo.tolist(),
+        "max": hi.tolist(),
     }
