@@ -141,11 +141,11 @@ def test_description(store, src):
     assert details["video_cameras"] == ["observation.images.front"]
     assert details["image_cameras"] == ["observation.images.wrist"]
     assert details["video_codecs"] == {"observation.images.front": "av1"}  # lerobot's default encoder
-    # Tasks: one per episode; episode 2 changes task, which the annotations keep.
-    assert store.tasks == [*DEFAULT_TASKS, "close the drawer"]
-    assert store.episode_task.tolist() == [0, 1, 2]
+    # Two tasks alternate (episode 2 is task 0 again), and episode 2 then switches to a third one.
+    assert store.tasks == [*DEFAULT_TASKS, "close the drawer"] and len(DEFAULT_TASKS) == 2
+    assert store.episode_task.tolist() == [0, 1, 0]
     start2 = LENGTHS[0] + LENGTHS[1]
-    assert store.annotations.tolist() == [[start2, start2 + SWITCH, 2], [start2 + SWITCH, start2 + LENGTHS[2], 3]]
+    assert store.annotations.tolist() == [[start2, start2 + SWITCH, 0], [start2 + SWITCH, start2 + LENGTHS[2], 2]]
     assert validate_store(store.path) == []
 
 
@@ -217,7 +217,8 @@ def test_old_codebase_version_is_refused_clearly(src, tmp_path):
         convert("lerobot", old, tmp_path / "o.zarr", progress=False)
     message = str(err.value)
     assert err.value.path == str(info_path) and err.value.key == "codebase_version"
-    assert "meta/info.json" in message and "'v2.1'" in message and "v3" in message
+    assert "meta/info.json" in message and "codebase_version" in message
+    assert "'v2.1'" in message and "v3" in message
     assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.zarr.partial").exists()
 
 
@@ -236,3 +237,24 @@ def test_missing_video_file_names_the_file(src, tmp_path):
         convert("lerobot", broken, tmp_path / "o.zarr", progress=False)
     assert err.value.path == str(video) and err.value.key == "observation.images.front"
     assert "missing" in err.value.problem
+
+
+def test_fixture_defaults_are_all_video_and_alternating_tasks(tmp_path):
+    """The keyword call other modules make; every camera video-backed unless told otherwise."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = write_lerobot_dataset(tmp_path / "d", num_episodes=2, episode_len=2, image_size=(16, 32), seed=0)
+    info = json.loads((root / "meta/info.json").read_text())
+    assert info["codebase_version"].startswith("v3.")
+    feats = info["features"]
+    assert {k: v["dtype"] for k, v in feats.items() if k.startswith("observation.images.")} == {
+        "observation.images.front": "video",
+        "observation.images.wrist": "video",
+    }
+    assert feats["observation.state"]["names"][-1] == "gripper.pos"
+    assert all(n.endswith(".pos") for n in feats["observation.state"]["names"])
+    ds = LeRobotDataset("vla/fixture", root=root)
+    assert [ds[i]["task"] for i in range(4)] == [DEFAULT_TASKS[0]] * 2 + [DEFAULT_TASKS[1]] * 2
+    assert ds[3]["observation.images.wrist"].shape == (3, 16, 32)
+    with pytest.raises(ValueError, match="at least 32 px wide"):  # instead of a crashed encoder process
+        write_lerobot_dataset(tmp_path / "e", num_episodes=1, episode_len=2, image_size=(32, 16))
