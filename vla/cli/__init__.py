@@ -6,7 +6,9 @@ import sys
 
 import typer
 
-from vla.cli import data, demo
+from vla.cli import data, demo, sim
+from vla.cli import eval as eval_cli
+from vla.cli import train as train_cli
 from vla.errors import VlaError
 
 app = typer.Typer(
@@ -17,6 +19,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data.app, name="data")
+app.add_typer(sim.app, name="sim")
+app.add_typer(eval_cli.app, name="eval")
+app.command(name="train")(train_cli.train)
 app.command(name="demo")(demo.demo)
 
 

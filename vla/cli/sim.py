@@ -1,0 +1,120 @@
+"""`vla sim`: simulator tasks and scripted demonstrations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from vla.sim.scripted import TaskReport
+
+app = typer.Typer(help="Simulator tasks (LIBERO) and scripted demonstrations.", no_args_is_help=True)
+console = Console()
+
+
+@app.command()
+def tasks(suite: Annotated[str, typer.Argument(help="LIBERO suite, e.g. libero_object.")]) -> None:
+    """List a LIBERO suite's tasks: id, name and language."""
+    from vla.sim.libero import suite_tasks
+
+    table = Table("id", "task name", "language", title=suite)
+    for t in suite_tasks(suite):
+        table.add_row(str(t.task_id), t.name, t.language)
+    console.print(table)
+
+
+@app.command()
+def demos(
+    out: Annotated[Path, typer.Argument(help="Output folder: one <task_name>_demo.hdf5 (+ .json) per task.")],
+    suite: Annotated[str, typer.Option(help="LIBERO suite.")] = "libero_object",
+    task_ids: Annotated[str, typer.Option("--tasks", help="Task ids, e.g. '0,1' or '0-9'.")] = "0-9",
+    episodes: Annotated[int, typer.Option(help="Successful demos wanted per task.")] = 10,
+    max_attempts: Annotated[
+        int | None, typer.Option(help="Expert rollouts allowed per task (default: 2 x episodes).")
+    ] = None,
+    init_states: Annotated[
+        str, typer.Option(help="Initial-state ids to cycle through, e.g. '0-39' (hold the rest out for evaluation).")
+    ] = "0-49",
+    images: Annotated[bool, typer.Option(help="Render and store agentview + eye_in_hand frames (~10x slower).")] = True,
+    image_size: Annotated[int, typer.Option(help="Square camera resolution.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seeds the expert's per-episode variation.")] = 0,
+    max_steps: Annotated[int | None, typer.Option(help="Step budget per episode (default: the suite's).")] = None,
+) -> None:
+    """Scripted pick-and-place demonstrations in LIBERO's dataset layout; only successes are kept."""
+    from vla.sim.scripted import collect_task, parse_ids
+
+    ids = parse_ids(task_ids)
+    init_ids = parse_ids(init_states)
+    reports = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        for task_id in ids:
+            bar = progress.add_task(f"{suite} task {task_id}: building", total=episodes)
+
+            def tick(report: TaskReport, episode: object, bar: int = bar) -> None:
+                progress.update(
+                    bar,
+                    completed=report.successes,
+                    description=f"{suite} task {report.task_id}: {report.successes}/{report.attempts} ok",
+                )
+
+            reports.append(
+                collect_task(
+                    suite,
+                    task_id,
+                    out,
+                    episodes,
+                    init_state_ids=init_ids,
+                    max_attempts=max_attempts,
+                    images=images,
+                    image_size=image_size,
+                    seed=seed,
+                    max_steps=max_steps,
+                    on_episode=tick,
+                )
+            )
+    console.print(results_table(suite, reports))
+    if not any(r.successes for r in reports):
+        raise typer.Exit(1)
+
+
+def results_table(suite: str, reports: list[TaskReport]) -> Table:
+    """The expert's success per task, a total over the attempted tasks, and why any task was skipped."""
+    table = Table("task", "name", "demos", "attempts", "success", "mean steps", "time", "note", title=suite)
+    table.columns[1].overflow = table.columns[7].overflow = "fold"  # long task names stay readable
+    for r in reports:
+        if r.skipped:
+            table.add_row(str(r.task_id), r.task_name, "-", "-", "skipped", "", "", r.skipped)
+            continue
+        steps = f"{sum(r.steps) / len(r.steps):.0f}" if r.steps else ""
+        failed = f"failed on init states {r.failed_init_state_ids}" if r.failed_init_state_ids else ""
+        table.add_row(
+            str(r.task_id),
+            r.task_name,
+            str(r.successes),
+            str(r.attempts),
+            f"{r.success_rate:.0%}",
+            steps,
+            f"{r.seconds:.0f} s",
+            failed,
+        )
+    tried = [r for r in reports if not r.skipped]
+    attempts, successes = sum(r.attempts for r in tried), sum(r.successes for r in tried)
+    skipped = len(reports) - len(tried)
+    table.add_section()
+    table.add_row(
+        "all",
+        f"{len(tried)} tasks attempted" + (f", {skipped} skipped" if skipped else ""),
+        str(successes),
+        str(attempts),
+        f"{successes / attempts:.0%}" if attempts else "-",
+        "",
+        f"{sum(r.seconds for r in tried):.0f} s",
+        "",
+    )
+    return table

@@ -1,0 +1,82 @@
+"""What one evaluation episode is (its spec) and what it produced (its result), benchmark-neutral.
+
+A spec names everything needed to replay the episode: the environment to build (`env_key`, read by
+the protocol's env factory), the fixed initial state and the seeds. `episode_id` is unique within
+an evaluation and is the resume key: a result with that id in the log means the episode is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from vla.errors import VlaError
+
+
+class EvalError(VlaError):
+    """An evaluation that cannot run as asked (bad selection, results of another run in the folder...)."""
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    episode_id: str  # e.g. "libero_object/1/7": unique in an evaluation, the resume key
+    env_key: str  # which environment runs it (episodes with the same key share a built env)
+    task: str  # the group in per-task tables, e.g. "libero_object/1"
+    task_id: int
+    init_state_id: int
+    seed: int | None = None  # the environment's seed (None: not seeded)
+    policy_seed: int = 0  # seeds stochastic planners (random policy) per episode
+    meta: dict[str, Any] = field(default_factory=dict)  # protocol extras copied into the result (suite...)
+
+
+@dataclass
+class EpisodeResult:
+    episode_id: str
+    task: str
+    task_id: int
+    init_state_id: int
+    seed: int | None
+    policy_seed: int
+    success: bool
+    steps: int  # env steps after settling (the step budget counts these)
+    policy_calls: int  # plans requested for this episode
+    actions_executed: int  # policy actions applied to the env
+    actions_discarded: int  # planned actions never executed (success or budget came first)
+    wall_s: float
+    language: str = ""
+    error: str | None = None  # an exception during the episode: it counts as a failure
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        meta = d.pop("meta")
+        return {**meta, **d}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> EpisodeResult:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names}, meta={k: v for k, v in d.items() if k not in names})
+
+
+def derive_seed(seed: int, episode_id: str) -> int:
+    """A stable per-episode seed (the same for any worker count or order)."""
+    return zlib.crc32(f"{seed}/{episode_id}".encode()) & 0x7FFFFFFF
+
+
+def parse_ids(text: str) -> list[int]:
+    """'0-9' / '0,3,5-7' -> ids in the given order, without repeats."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+        except ValueError:
+            raise EvalError(f"cannot read ids from {text!r}; write them like '0-9' or '0,3,5-7'") from None
+    if not out:
+        raise EvalError(f"no ids in {text!r}")
+    return list(dict.fromkeys(out))

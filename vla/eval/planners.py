@@ -1,0 +1,153 @@
+"""Planners: what turns a batch of observation histories into action chunks for the harness.
+
+The harness talks to one small interface (`Planner.plan(batch) -> Plan`), so a trained policy, the
+random smoke-test policy, a replay of recorded actions or a client of a policy server plug in the
+same way. A `Plan` carries, per row, a chunk of actions and how many of them to execute before
+re-planning, so policies that choose their own horizon (Mixture-of-Horizons) need nothing special.
+
+Batch layout (numpy, one row per environment that needs a plan): each observation key the planner
+reads -> (B, n_obs, ...) with images uint8 HWC as the environment gives them; `task` list[str];
+`episode_id` list[str]; `plan_index` list[int] (0 for an episode's first plan); `policy_seed`
+list[int].
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from vla.datasets.spec import StoreSpec
+
+DATA_SPEC_FILE = "data_spec.json"  # the training store's StoreSpec, written next to a checkpoint
+
+
+@dataclass
+class Plan:
+    actions: np.ndarray  # (B, H, A) in the environment's raw action units
+    n_exec: np.ndarray  # (B,) ints in [1, H]: actions to execute before the next plan
+
+
+class Planner(Protocol):
+    n_obs: int  # observation frames per row
+    obs_keys: tuple[str, ...]  # observation keys read (the harness ships only these between processes)
+
+    def plan(self, batch: Mapping[str, Any]) -> Plan: ...
+
+    def describe(self) -> dict[str, Any]:
+        """What to record in summary.json about this planner."""
+        ...
+
+
+class RandomPlanner:
+    """Uniform random actions in the action bounds; reproducible per (episode, plan), for smoke tests."""
+
+    n_obs = 1
+    obs_keys: tuple[str, ...] = ()
+
+    def __init__(self, low: Sequence[float], high: Sequence[float], chunk: int = 1):
+        self.low, self.high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+        self.chunk = chunk
+
+    def plan(self, batch: Mapping[str, Any]) -> Plan:
+        rows = [
+            np.random.default_rng([seed, index]).uniform(self.low, self.high, (self.chunk, len(self.low)))
+            for seed, index in zip(batch["policy_seed"], batch["plan_index"], strict=True)
+        ]
+        return Plan(np.stack(rows), np.full(len(rows), self.chunk))
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "random", "low": self.low.tolist(), "high": self.high.tolist(), "chunk": self.chunk}
+
+
+class PolicyPlanner:
+    """A `vla.policies.base.Policy` behind the planner interface.
+
+    The harness keeps the per-environment observation histories and action queues (the policy's own
+    single queue would mix environments), so only `predict_chunk` is called, on the stacked rows.
+    A policy that picks its own horizon implements `predict_plan(batch) -> (chunk, n_exec)` instead.
+    """
+
+    def __init__(self, policy: Any, replan_steps: int | None = None):
+        self.policy = policy.eval()
+        cfg = policy.config
+        self.n_obs = cfg.n_obs
+        self.obs_keys = (*cfg.camera_keys, *(["observation.state"] if cfg.state_dim is not None else []))
+        # The re-plan interval cannot exceed the chunk: executing past it would need actions never predicted.
+        self.replan_steps = min(replan_steps or cfg.n_action_steps, cfg.chunk_size)
+
+    def plan(self, batch: Mapping[str, Any]) -> Plan:
+        import torch
+
+        inputs = self._to_torch(batch)
+        with torch.no_grad():
+            if hasattr(self.policy, "predict_plan"):
+                chunk, n_exec = self.policy.predict_plan(inputs)
+                n = np.asarray(torch.as_tensor(n_exec).cpu(), np.int64).reshape(-1)
+            else:
+                chunk = self.policy.predict_chunk(inputs)
+                n = np.full(chunk.shape[0], self.replan_steps)
+        actions = chunk.detach().float().cpu().numpy().astype(np.float64)
+        return Plan(actions, np.clip(n, 1, actions.shape[1]))
+
+    def _to_torch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        import torch
+
+        out: dict[str, Any] = {"task": list(batch["task"])}
+        cams = set(self.policy.config.camera_keys)
+        for key in self.obs_keys:
+            x = torch.from_numpy(np.ascontiguousarray(batch[key]))
+            # The one HWC -> CHW boundary: environments and stores hold HWC, policies read CHW.
+            out[key] = x.permute(0, 1, 4, 2, 3).contiguous() if key in cams else x.float()
+        rows = len(out["task"])
+        out["observation_is_pad"] = torch.zeros(rows, self.n_obs, dtype=torch.bool)
+        device = getattr(self.policy, "device", None)
+        if isinstance(device, torch.device):
+            out = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.policy.config
+        return {
+            "type": cfg.name,
+            "chunk_size": cfg.chunk_size,
+            "n_obs": cfg.n_obs,
+            "replan_steps": "policy-decided" if hasattr(self.policy, "predict_plan") else self.replan_steps,
+            "parameters": int(sum(p.numel() for p in self.policy.parameters())),
+        }
+
+
+@dataclass(frozen=True)
+class PlannerSpec:
+    """How to build a planner, picklable so that worker processes can each build their own."""
+
+    policy: str  # "random" or a checkpoint directory
+    replan_steps: int | None = None
+    action_low: tuple[float, ...] = ()  # the random planner's bounds
+    action_high: tuple[float, ...] = ()
+    device: str = "cpu"
+    seed: int = 0
+
+    @property
+    def is_random(self) -> bool:
+        return self.policy == "random"
+
+    def build(self) -> Planner:
+        if self.is_random:
+            return RandomPlanner(self.action_low, self.action_high, self.replan_steps or 1)
+        import torch
+
+        from vla.policies.base import Policy
+
+        torch.manual_seed(self.seed)
+        return PolicyPlanner(Policy.from_pretrained(self.policy, map_location=self.device), self.replan_steps)
+
+
+def load_data_spec(checkpoint: str | Path) -> StoreSpec | None:
+    """The training store's spec saved with a checkpoint, None when the checkpoint has none."""
+    path = Path(checkpoint) / DATA_SPEC_FILE
+    return StoreSpec.from_json(json.loads(path.read_text())) if path.exists() else None

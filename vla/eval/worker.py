@@ -1,0 +1,252 @@
+"""Episode execution next to the environment: in this process or in a worker process.
+
+An `EpisodeSlot` owns one environment at a time (rebuilt only when the episode's `env_key`
+changes, since building a simulator costs seconds) and runs one episode as a conversation:
+`start(spec)` and `act(actions, n)` each answer either a plan request (the last `n_obs`
+observations of the keys the planner reads) or the finished episode. It keeps the episode's
+observation history and executes each plan's actions itself, so a process boundary is crossed
+once per plan, not once per step.
+
+Workers speak that conversation over a pipe (`ProcessWorker`) or by direct calls (`LocalWorker`);
+with a planner of their own (policy per worker) they run whole episodes and only report results.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from vla.eval.episodes import EpisodeResult, EpisodeSpec
+from vla.eval.planners import PlannerSpec
+from vla.sim.base import SimEnv
+
+EnvFactory = Callable[[EpisodeSpec], SimEnv]  # must be picklable for worker processes
+
+
+@dataclass
+class Reply:
+    kind: str  # "plan" (needs actions), "done" (episode finished), "fatal" (the worker cannot go on)
+    history: dict[str, np.ndarray] | None = None  # "plan": key -> (n_obs, ...)
+    language: str = ""
+    plan_index: int = 0
+    result: EpisodeResult | None = None  # "done"
+    frames: np.ndarray | None = None  # "done" with recording: (T, H, W, 3) uint8
+    error: str = ""  # "fatal"
+
+
+@dataclass(frozen=True)
+class SlotConfig:
+    env_factory: EnvFactory
+    n_obs: int
+    obs_keys: tuple[str, ...]
+    video_key: str | None = None  # camera recorded when an episode asks for it
+
+
+class EpisodeSlot:
+    def __init__(self, config: SlotConfig):
+        self.config = config
+        self.env: SimEnv | None = None
+        self.env_key: str | None = None
+        self.spec: EpisodeSpec | None = None
+        self.record = False
+
+    # --- the conversation ---------------------------------------------------------------------
+    def start(self, spec: EpisodeSpec, record: bool = False) -> Reply:
+        self.spec, self.record = spec, record and self.config.video_key is not None
+        self.t0 = time.perf_counter()
+        self.steps = self.calls = self.executed = self.discarded = 0
+        self.frames: list[np.ndarray] = []
+        self.language = ""
+        try:
+            env = self._env_for(spec)
+            self.t0 = time.perf_counter()  # an episode's wall time excludes building the simulator
+            self.language = env.task_language
+            obs = env.reset(spec.init_state_id)
+        except Exception as e:  # openpi's rule: an exception during an episode is a failure
+            return self._done(False, e)
+        self.history = {k: deque([obs[k]] * self.config.n_obs, maxlen=self.config.n_obs) for k in self.config.obs_keys}
+        self._keep_frame(obs)
+        return self._plan_request()
+
+    def act(self, actions: np.ndarray, n_exec: int) -> Reply:
+        assert self.env is not None and self.spec is not None
+        self.calls += 1
+        n = int(min(n_exec, len(actions)))
+        for i in range(n):
+            try:
+                result = self.env.step(actions[i])
+            except Exception as e:
+                self.discarded += n - i
+                return self._done(False, e)
+            self.steps += 1
+            self.executed += 1
+            for k, frames in self.history.items():
+                frames.append(result.obs[k])
+            self._keep_frame(result.obs)
+            if result.success or self.steps >= self.env.max_steps:
+                self.discarded += n - i - 1
+                return self._done(result.success)
+        return self._plan_request()
+
+    # --- pieces -------------------------------------------------------------------------------------
+    def _env_for(self, spec: EpisodeSpec) -> SimEnv:
+        if self.env is None or self.env_key != spec.env_key:
+            self.close()
+            self.env = self.config.env_factory(spec)
+            self.env_key = spec.env_key
+        return self.env
+
+    def _keep_frame(self, obs: dict[str, np.ndarray]) -> None:
+        if self.record:
+            self.frames.append(obs[self.config.video_key])
+
+    def _plan_request(self) -> Reply:
+        history = {k: np.stack(list(v)) for k, v in self.history.items()}
+        return Reply("plan", history=history, language=self.language, plan_index=self.calls)
+
+    def _done(self, success: bool, error: BaseException | None = None) -> Reply:
+        spec = self.spec
+        assert spec is not None
+        result = EpisodeResult(
+            episode_id=spec.episode_id,
+            task=spec.task,
+            task_id=spec.task_id,
+            init_state_id=spec.init_state_id,
+            seed=spec.seed,
+            policy_seed=spec.policy_seed,
+            success=bool(success),
+            steps=self.steps,
+            policy_calls=self.calls,
+            actions_executed=self.executed,
+            actions_discarded=self.discarded,
+            wall_s=round(time.perf_counter() - self.t0, 4),
+            language=self.language,
+            error=None if error is None else f"{type(error).__name__}: {error}",
+            meta=dict(spec.meta),
+        )
+        frames = np.stack(self.frames) if self.record and self.frames else None
+        self.frames = []
+        return Reply("done", result=result, frames=frames)
+
+    def close(self) -> None:
+        env, self.env, self.env_key = self.env, None, None
+        if env is not None:
+            env.close()
+
+
+def run_local_episode(slot: EpisodeSlot, planner: Any, spec: EpisodeSpec, record: bool) -> Reply:
+    """A whole episode with a planner next to the environment (policy per worker)."""
+    reply = slot.start(spec, record)
+    while reply.kind == "plan":
+        batch = batch_of([reply], [spec])
+        plan = planner.plan(batch)
+        reply = slot.act(plan.actions[0], int(plan.n_exec[0]))
+    return reply
+
+
+def batch_of(replies: list[Reply], specs: list[EpisodeSpec]) -> dict[str, Any]:
+    """Stack plan requests into the planner's batch layout (see vla.eval.planners)."""
+    batch: dict[str, Any] = {}
+    if replies and replies[0].history:
+        for key in replies[0].history:
+            batch[key] = np.stack([r.history[key] for r in replies])  # type: ignore[index]
+    batch["task"] = [r.language for r in replies]
+    batch["episode_id"] = [s.episode_id for s in specs]
+    batch["plan_index"] = [r.plan_index for r in replies]
+    batch["policy_seed"] = [s.policy_seed for s in specs]
+    return batch
+
+
+# --- transports -------------------------------------------------------------------------------------
+
+
+class LocalWorker:
+    """The worker protocol by direct calls, in this process (one worker: no process overhead)."""
+
+    def __init__(self, slot_config: SlotConfig, planner_spec: PlannerSpec | None = None):
+        self.slot = EpisodeSlot(slot_config)
+        self.planner = planner_spec.build() if planner_spec is not None else None
+        self._pending: tuple | None = None
+
+    def send(self, msg: tuple) -> None:
+        self._pending = msg
+
+    def recv(self) -> Reply:
+        msg, self._pending = self._pending, None
+        assert msg is not None, "recv() without a command"
+        return _handle(self.slot, self.planner, msg)
+
+    def close(self) -> None:
+        self.slot.close()
+
+
+class ProcessWorker:
+    """The worker protocol over a pipe to a spawned process that owns its environments."""
+
+    def __init__(self, slot_config: SlotConfig, planner_spec: PlannerSpec | None = None, name: str = "vla-eval"):
+        ctx = mp.get_context("spawn")  # fork would copy a parent's GL contexts and torch threads
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, args=(child, slot_config, planner_spec), name=name, daemon=True)
+        self.process.start()
+        child.close()
+
+    def send(self, msg: tuple) -> None:
+        self.conn.send(msg)
+
+    def recv(self) -> Reply:
+        while not self.conn.poll(1.0):
+            if not self.process.is_alive():
+                return Reply("fatal", error=f"worker process exited with code {self.process.exitcode}")
+        try:
+            return self.conn.recv()
+        except EOFError:
+            return Reply("fatal", error="worker process closed its pipe")
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            try:
+                self.conn.send(("close",))
+                self.process.join(timeout=30)
+            except (BrokenPipeError, OSError):
+                pass
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=10)
+        self.conn.close()
+
+
+def _handle(slot: EpisodeSlot, planner: Any, msg: tuple) -> Reply:
+    if msg[0] == "start":
+        _, spec, record = msg
+        return run_local_episode(slot, planner, spec, record) if planner is not None else slot.start(spec, record)
+    if msg[0] == "act":
+        return slot.act(msg[1], msg[2])
+    raise ValueError(f"unknown worker command {msg[0]!r}")
+
+
+def _worker_main(conn: Connection, slot_config: SlotConfig, planner_spec: PlannerSpec | None) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # workers share the cores: one thread each avoids oversubscription
+    slot = EpisodeSlot(slot_config)
+    try:
+        planner = planner_spec.build() if planner_spec is not None else None
+        while True:
+            msg = conn.recv()
+            if msg[0] == "close":
+                break
+            conn.send(_handle(slot, planner, msg))
+    except (EOFError, KeyboardInterrupt):
+        pass  # the parent went away or was interrupted: just stop
+    except Exception:
+        conn.send(Reply("fatal", error=traceback.format_exc()))
+    finally:
+        slot.close()

@@ -1,0 +1,131 @@
+"""Config of MoDE, the mixture-of-denoising-experts diffusion transformer policy.
+
+Defaults are the paper's values (see docs in /work/shared/reference/policies.md, section 1);
+`from_preset("paper")` is exactly the defaults, `from_preset("cpu")` a small model for tests and
+laptops. `use_moe=False` gives the dense diffusion-transformer baseline from the same code (each
+sparse MoE FFN replaced by one SwiGLU FFN of the same per-expert width).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from vla.policies.base import PolicyConfig, PolicyError
+from vla.policies.modules.diffusion import SIGMA_SCHEDULES, EDMSettings
+from vla.policies.modules.language import LANGUAGE_ENCODERS
+from vla.policies.modules.vision import NORMS
+
+GOAL_TYPES = ("language", "image")
+
+
+@dataclasses.dataclass(frozen=True)
+class MoDEConfig(PolicyConfig):
+    name: ClassVar[str] = "mode"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below
+
+    # --- transformer ---
+    width: int = 1024
+    n_heads: int = 8
+    n_layers: int = 12
+    attn_dropout: float = 0.3
+    resid_dropout: float = 0.0
+    qk_norm: bool = True  # RMSNorm on queries and keys, as the authors' attention
+    # --- mixture of experts ---
+    use_moe: bool = True  # False: dense baseline, one SwiGLU FFN per layer
+    n_experts: int = 4
+    top_k: int = 2
+    ffn_mult: int = 4  # per-expert SwiGLU hidden = ffn_mult * width (1024 -> 2x4096 -> 1024)
+    router_hidden_mult: int = 2  # router MLP width -> router_hidden_mult * width -> n_experts
+    router_renormalize: bool = True  # top-k gate weights renormalised to sum to 1
+    balance_weight: float = 0.01  # load-balancing loss weight (0 when fine-tuning, per the authors)
+    expert_bias: bool = False
+    # --- goal and observations ---
+    goal_type: str = "language"  # language | image
+    goal_dropout: float = 0.1  # per sample, the goal is replaced by the "no goal" zero vector
+    goal_image_key: str = "observation.goal_image"  # (B, 3, H, W) uint8, when goal_type == "image"
+    language_encoder: str = "minilm"  # minilm | clip (frozen, not saved with the weights)
+    language_path: str | None = None  # local model directory; None: the packaged all-MiniLM-L6-v2
+    language_dim: int = 384  # the encoder's embedding size (checked when the encoder loads)
+    vision_widths: tuple[int, ...] = (64, 128, 256, 512)  # ResNet-18 layout
+    vision_blocks: tuple[int, ...] = (2, 2, 2, 2)
+    vision_norm: str = "group"  # group | batch
+    vision_weights: tuple[str, ...] | None = None  # optional local safetensors, one per camera
+    # --- diffusion (EDM) ---
+    sigma_data: float = 0.5
+    sigma_min: float = 0.001
+    sigma_max: float = 80.0
+    sigma_schedule: str = "exponential"  # exponential | karras (sampling)
+    rho: float = 7.0
+    train_noise_scale: float = 0.5  # log-logistic scale of training log-sigmas (location log(sigma_data))
+    num_sampling_steps: int = 10
+    # --- optimiser (read by the trainer; the authors' LIBERO settings) ---
+    optimizer_lr: float = 1e-4
+    optimizer_betas: tuple[float, float] = (0.9, 0.95)
+    optimizer_weight_decay: float = 0.05
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        problems = []
+        if self.width % self.n_heads:
+            problems.append(f"width {self.width} is not divisible by n_heads {self.n_heads}")
+        if self.use_moe and not 1 <= self.top_k <= self.n_experts:
+            problems.append(f"top_k {self.top_k} must be in [1, n_experts={self.n_experts}]")
+        if self.goal_type not in GOAL_TYPES:
+            problems.append(f"goal_type {self.goal_type!r} not in {GOAL_TYPES}")
+        if self.language_encoder not in LANGUAGE_ENCODERS:
+            problems.append(f"language_encoder {self.language_encoder!r} not in {LANGUAGE_ENCODERS}")
+        if self.sigma_schedule not in SIGMA_SCHEDULES:
+            problems.append(f"sigma_schedule {self.sigma_schedule!r} not in {SIGMA_SCHEDULES}")
+        if self.vision_norm not in NORMS:
+            problems.append(f"vision_norm {self.vision_norm!r} not in {NORMS}")
+        if not self.camera_keys and self.state_dim is None:
+            problems.append("the policy needs at least one camera or a state")
+        if self.vision_weights is not None and len(self.vision_weights) != len(self.camera_keys):
+            problems.append("vision_weights needs one path per camera")
+        if self.num_sampling_steps < 1:
+            problems.append("num_sampling_steps must be >= 1")
+        if problems:
+            raise PolicyError("invalid MoDE config: " + "; ".join(problems))
+
+    @property
+    def edm(self) -> EDMSettings:
+        return EDMSettings(
+            sigma_data=self.sigma_data,
+            sigma_min=self.sigma_min,
+            sigma_max=self.sigma_max,
+            schedule=self.sigma_schedule,
+            rho=self.rho,
+            train_scale=self.train_noise_scale,
+        )
+
+    @property
+    def n_obs_tokens(self) -> int:
+        return self.n_obs * (len(self.camera_keys) + (1 if self.state_dim is not None else 0))
+
+    @property
+    def seq_len(self) -> int:
+        """noise token + goal token + observation tokens + action tokens."""
+        return 2 + self.n_obs_tokens + self.chunk_size
+
+    def required_features(self) -> dict[str, tuple[int, ...] | None]:
+        out = super().required_features()
+        if self.goal_type == "image":
+            out[self.goal_image_key] = None
+        return out
+
+
+MoDEConfig.presets.update(
+    {
+        "paper": {},
+        "cpu": {
+            "width": 128,
+            "n_heads": 4,
+            "n_layers": 4,
+            "attn_dropout": 0.1,
+            "vision_widths": (16, 32, 64),
+            "vision_blocks": (1, 1, 1),
+            "image_size": (64, 64),
+        },
+    }
+)

@@ -1,0 +1,390 @@
+"""MoDE: a diffusion transformer over action chunks whose FFNs are noise-routed mixtures of experts.
+
+Token sequence (causal attention, learned positions):
+  [noise token, goal token, camera tokens (per obs frame, per camera), state token (per frame), action tokens]
+- noise token: the embedding c of the EDM noise conditioning log(sigma)/4; c is also added to the
+  normalised input of every attention block, x + Attn(Norm(x) + c), and is the only input of every
+  layer's router;
+- goal token: a projected language embedding (frozen encoder, cached per instruction) or an encoded
+  goal image; it also FiLM-conditions every camera encoder;
+- camera tokens: one FiLM ResNet per camera, one token per image;
+- action tokens: the noisy, EDM-scaled action chunk; their outputs are the denoiser's output.
+Observation frames before an episode start are copies of its first frame (that is how the sampler
+pads), so `observation_is_pad` needs no attention mask.
+Each block: x = x + Attn(Norm(x) + c); x = x + FFN(Norm(x)), with FFN a sparse MoE of SwiGLU experts
+(top-k of n, sampled in training, deterministic in eval, load-balancing loss) or, with
+`use_moe=False`, one dense SwiGLU (the baseline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vla.policies.base import Policy, PolicyError, register_policy
+from vla.policies.mode.caching import ExpertCache, build_expert_cache, schedule_key
+from vla.policies.mode.configuration_mode import MoDEConfig
+from vla.policies.modules.diffusion import EDM
+from vla.policies.modules.language import get_language_encoder
+from vla.policies.modules.moe import MoELayer, NoiseRouter, Routing, SwiGLU, load_balancing_loss
+from vla.policies.modules.vision import FiLMResNet, to_float_images
+
+FFNOverride = Callable[[torch.Tensor], torch.Tensor]
+
+
+class NoiseEmbedding(nn.Module):
+    """Scalar noise conditioning (B,) -> (B, d)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(1, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, noise_cond: torch.Tensor) -> torch.Tensor:
+        return self.mlp(noise_cond.reshape(-1, 1).to(self.mlp[0].weight.dtype))
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, n_heads: int, dropout: float, resid_dropout: float, qk_norm: bool):
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        head = dim // n_heads
+        self.q_norm = nn.RMSNorm(head, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(head, eps=1e-6) if qk_norm else nn.Identity()
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(resid_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(
+            self.q_norm(q), self.k_norm(k), v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(b, t, d)))
+
+
+class DiTBlock(nn.Module):
+    """x = x + Attn(Norm(x) + c); x = x + FFN(Norm(x)) with a noise-routed MoE (or dense) FFN."""
+
+    def __init__(self, config: MoDEConfig):
+        super().__init__()
+        d = config.width
+        self.norm1 = nn.RMSNorm(d, eps=1e-6)
+        self.attn = CausalSelfAttention(d, config.n_heads, config.attn_dropout, config.resid_dropout, config.qk_norm)
+        self.norm2 = nn.RMSNorm(d, eps=1e-6)
+        hidden = config.ffn_mult * d
+        self.ffn: MoELayer | SwiGLU
+        if config.use_moe:
+            router = NoiseRouter(d, config.n_experts, config.router_hidden_mult * d)
+            self.ffn = MoELayer(
+                d, hidden, config.n_experts, config.top_k, router, config.router_renormalize, config.expert_bias
+            )
+        else:
+            self.ffn = SwiGLU(d, hidden, config.expert_bias)
+
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, ffn: FFNOverride | None = None
+    ) -> tuple[torch.Tensor, Routing | None]:
+        x = x + self.attn(self.norm1(x) + c.unsqueeze(1))
+        h = self.norm2(x)
+        if ffn is not None:  # a cached fused expert: no router, no dispatch
+            return x + ffn(h), None
+        if isinstance(self.ffn, MoELayer):
+            y, routing = self.ffn(h, c)
+            return x + y, routing
+        return x + self.ffn(h), None
+
+
+class MoDETransformer(nn.Module):
+    """The denoiser network: (scaled noisy chunk, noise conditioning, context tokens) -> raw EDM output."""
+
+    def __init__(self, config: MoDEConfig):
+        super().__init__()
+        d = config.width
+        self.chunk_size = config.chunk_size
+        self.noise_emb = NoiseEmbedding(d)
+        self.action_in = nn.Linear(config.action_dim, d)
+        self.pos_emb = nn.Parameter(torch.zeros(1, config.seq_len, d))
+        self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.n_layers))
+        self.norm = nn.RMSNorm(d, eps=1e-6)
+        self.action_out = nn.Linear(d, config.action_dim)
+        self.apply(_init_weights)
+        nn.init.normal_(self.pos_emb, std=0.02)
+
+    def forward(
+        self,
+        x_in: torch.Tensor,
+        noise_cond: torch.Tensor,
+        context: torch.Tensor,
+        ffns: list[FFNOverride] | None = None,
+    ) -> tuple[torch.Tensor, list[Routing]]:
+        c = self.noise_emb(noise_cond).to(context.dtype)
+        x = torch.cat([c.unsqueeze(1), context, self.action_in(x_in.to(context.dtype))], dim=1)
+        x = x + self.pos_emb[:, : x.shape[1]]
+        routings = []
+        for i, block in enumerate(self.blocks):
+            x, routing = block(x, c, None if ffns is None else ffns[i])
+            if routing is not None:
+                routings.append(routing)
+        return self.action_out(self.norm(x[:, -self.chunk_size :])), routings
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def _module_key(camera_key: str) -> str:
+    return camera_key.replace(".", "__")
+
+
+class ObservationEncoder(nn.Module):
+    """Goal and observations -> context tokens (B, 1 + n_obs_tokens, d) and the goal vector for FiLM."""
+
+    def __init__(self, config: MoDEConfig):
+        super().__init__()
+        d = config.width
+        self.config = config
+        if config.goal_type == "language":
+            self.goal = nn.Linear(config.language_dim, d)
+        else:
+            self.goal = FiLMResNet(d, None, config.vision_widths, config.vision_blocks, config.vision_norm)
+        self.cameras = nn.ModuleDict(
+            {
+                _module_key(k): FiLMResNet(d, d, config.vision_widths, config.vision_blocks, config.vision_norm)
+                for k in config.camera_keys
+            }
+        )
+        if config.vision_weights:
+            for k, path in zip(config.camera_keys, config.vision_weights, strict=True):
+                self.cameras[_module_key(k)].load_weights(path)
+        self.state = nn.Linear(config.state_dim, d) if config.state_dim is not None else None
+
+    def forward(self, batch: Mapping[str, Any], goal_input: torch.Tensor, keep_goal: torch.Tensor | None):
+        """`goal_input`: language embeddings (B, language_dim) or goal images (B, 3, H, W) in [0, 1];
+        `keep_goal` (B,) bool: False drops the goal (goal dropout)."""
+        cfg = self.config
+        if cfg.goal_type == "language":
+            if keep_goal is not None:
+                goal_input = goal_input * keep_goal.unsqueeze(-1).to(goal_input)
+            goal = self.goal(goal_input)
+        else:
+            goal = self.goal(goal_input)
+            if keep_goal is not None:
+                goal = goal * keep_goal.unsqueeze(-1).to(goal)
+        tokens = [goal.unsqueeze(1)]
+        for key in cfg.camera_keys:
+            images = to_float_images(batch[key], cfg.image_size).to(goal)  # (B, n_obs, 3, H, W)
+            if images.dim() != 5 or images.shape[1] != cfg.n_obs:
+                raise PolicyError(f"{key!r} should be (B, n_obs={cfg.n_obs}, 3, H, W), got {tuple(images.shape)}")
+            b, n = images.shape[:2]
+            cond = goal.repeat_interleave(n, dim=0)
+            tokens.append(self.cameras[_module_key(key)](images.flatten(0, 1), cond).view(b, n, -1))
+        if self.state is not None:
+            tokens.append(self.state(batch["observation.state"].to(goal)))  # (B, n_obs, d)
+        return torch.cat(tokens, dim=1), goal
+
+
+@register_policy(MoDEConfig)
+class MoDEPolicy(Policy):
+    config: MoDEConfig
+
+    def __init__(self, config: MoDEConfig, dataset_stats: Mapping[str, Mapping[str, Any]] | None = None):
+        super().__init__(config, dataset_stats)
+        self.obs_encoder = ObservationEncoder(config)
+        self.transformer = MoDETransformer(config)
+        self._edm: EDM | None = None
+        self._cache_request: dict[str, Any] | None = None  # what cache_experts() asked for
+        self._expert_cache: ExpertCache | None = None
+        self.cache_builds = 0  # how many times the expert cache was (re)built
+
+    # --- pieces -------------------------------------------------------------------------------------
+    @property
+    def edm(self) -> EDM:
+        settings = self.config.edm
+        if self._edm is None or self._edm.settings != settings:  # the config may be replaced
+            self._edm = EDM(settings)
+        return self._edm
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.pos_emb.device
+
+    def _goal_input(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        cfg = self.config
+        if cfg.goal_type == "image":
+            if cfg.goal_image_key not in batch:
+                raise PolicyError(f"goal_type='image' needs {cfg.goal_image_key!r} in the batch")
+            return to_float_images(batch[cfg.goal_image_key], cfg.image_size).to(self.device)
+        tasks = batch.get("task")
+        batch_size = self._batch_size(batch)
+        if tasks is None:
+            tasks = [""] * batch_size
+        tasks = [tasks] * batch_size if isinstance(tasks, str) else list(tasks)
+        if any(tasks):  # all-"" batches need no encoder (zeros): tests and goal-free tasks stay light
+            encoder = get_language_encoder(cfg.language_encoder, cfg.language_path)
+            if encoder.dim != cfg.language_dim:
+                raise PolicyError(
+                    f"language encoder {cfg.language_encoder!r} gives {encoder.dim}-d embeddings but "
+                    f"language_dim is {cfg.language_dim}; set language_dim={encoder.dim}"
+                )
+            return encoder(tasks).to(self.device)
+        return torch.zeros(batch_size, cfg.language_dim, device=self.device)
+
+    def _batch_size(self, batch: Mapping[str, Any]) -> int:
+        for key in (*self.config.camera_keys, "observation.state", "action"):
+            if key in batch:
+                return int(batch[key].shape[0])
+        raise PolicyError("cannot tell the batch size: no camera, state or action in the batch")
+
+    def encode_observations(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Goal and observation tokens (B, 1 + n_obs_tokens, width): computed once per chunk."""
+        batch = self._to_device(batch)
+        cfg = self.config
+        keep = None
+        if self.training and cfg.goal_dropout > 0:
+            keep = torch.rand(self._batch_size(batch), device=self.device) >= cfg.goal_dropout
+        if cfg.state_dim is not None:
+            state = batch.get("observation.state")
+            if state is None or state.dim() != 3 or state.shape[1:] != (cfg.n_obs, cfg.state_dim):
+                got = None if state is None else tuple(state.shape)
+                raise PolicyError(f"observation.state should be (B, n_obs={cfg.n_obs}, {cfg.state_dim}), got {got}")
+            state = self.normalize("observation.state", state.float(), batch.get("embodiment_id"))
+            batch = {**batch, "observation.state": state}
+        context, _ = self.obs_encoder(batch, self._goal_input(batch), keep)
+        return context
+
+    def _to_device(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        dev = self.device
+        return {k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    # --- training -----------------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = self._to_device(batch)
+        cfg = self.config
+        actions = batch["action"]
+        if actions.shape[1:] != (cfg.chunk_size, cfg.action_dim):
+            raise PolicyError(f"action should be (B, {cfg.chunk_size}, {cfg.action_dim}), got {tuple(actions.shape)}")
+        actions = self.normalize("action", actions.float(), batch.get("embodiment_id"))
+        mask = ~batch["action_is_pad"] if "action_is_pad" in batch else None
+        context = self.encode_observations(batch)
+        routings: list[Routing] = []
+
+        def net(x_in: torch.Tensor, noise_cond: torch.Tensor, step: int | None) -> torch.Tensor:
+            out, r = self.transformer(x_in, noise_cond, context)
+            routings.extend(r)
+            return out
+
+        diffusion_loss, info = self.edm.loss(net, actions, mask)
+        loss = diffusion_loss
+        info = {"diffusion_loss": float(diffusion_loss.detach()), **info}
+        if routings:
+            balance = torch.stack([load_balancing_loss(r) for r in routings]).mean()
+            loss = loss + cfg.balance_weight * balance
+            info["balance_loss"] = float(balance.detach())
+            info.update(_usage(routings))
+        info["loss"] = float(loss.detach())
+        return loss, info
+
+    # --- inference ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_chunk(
+        self,
+        batch: Mapping[str, Any],
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, chunk_size, action_dim) actions in raw units. `noise` (B, H, A) fixes the initial noise."""
+        cfg = self.config
+        steps = num_steps or cfg.num_sampling_steps
+        context = self.encode_observations(batch)
+        cache = self._active_cache(steps)
+
+        def net(x_in: torch.Tensor, noise_cond: torch.Tensor, step: int | None) -> torch.Tensor:
+            ffns = cache.ffns(step) if cache is not None and step is not None else None
+            return self.transformer(x_in, noise_cond, context, ffns)[0]
+
+        shape = (context.shape[0], cfg.chunk_size, cfg.action_dim)
+        x = self.edm.sample(net, shape, steps, self.device, generator, noise)
+        return self.unnormalize("action", x, self._to_device(batch).get("embodiment_id"))
+
+    # --- expert caching -------------------------------------------------------------------------------
+    def cache_experts(self, dtype: str = "float32", fold: str = "scale", num_steps: int | None = None) -> ExpertCache:
+        """Precompute each layer's experts and gates per sampling step and fuse them (see caching.py).
+
+        Used by predict_chunk in eval mode from now on; rebuilt automatically when the step count,
+        the noise schedule or the weights change. `dtype`: float32 | bfloat16 | int8 fused weights."""
+        if not self.config.use_moe:
+            raise PolicyError("cache_experts() needs a MoE model (use_moe=True); the dense baseline has no experts")
+        self._cache_request = {"dtype": dtype, "fold": fold}
+        self._expert_cache = None
+        cache = self._active_cache(num_steps or self.config.num_sampling_steps, force=True)
+        assert cache is not None
+        return cache
+
+    def use_expert_cache(self, cache: ExpertCache) -> None:
+        """Switch to a cache built earlier (e.g. another dtype) if it still matches the weights."""
+        if not cache.matches(self.transformer):
+            raise PolicyError("this expert cache was built from other weights; call cache_experts() again")
+        self._cache_request = {"dtype": cache.dtype, "fold": cache.fold}
+        self._expert_cache = cache
+
+    def clear_expert_cache(self) -> None:
+        self._cache_request = None
+        self._expert_cache = None
+
+    @property
+    def expert_cache(self) -> ExpertCache | None:
+        return self._expert_cache
+
+    def _active_cache(self, num_steps: int, force: bool = False) -> ExpertCache | None:
+        if self._cache_request is None or (self.training and not force):
+            return None
+        key = schedule_key(self.edm.settings, num_steps)
+        cache = self._expert_cache
+        if cache is None or cache.key != key or not cache.matches(self.transformer):
+            self._expert_cache = build_expert_cache(self.transformer, self.edm, num_steps, **self._cache_request)
+            self.cache_builds += 1
+        return self._expert_cache
+
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .half(): fused copies would be stale
+        self._expert_cache = None
+        return super()._apply(fn, recurse)
+
+    # --- accounting ---------------------------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, int]:
+        """Total parameters, and those used per denoiser call with and without expert caching."""
+        total = self.num_parameters()
+        experts = routers = active_experts = 0
+        for block in self.transformer.blocks:
+            if isinstance(block.ffn, MoELayer):
+                per_expert = sum(p.numel() for p in block.ffn.experts[0].parameters())
+                experts += per_expert * block.ffn.n_experts
+                active_experts += per_expert * block.ffn.top_k
+                routers += sum(p.numel() for p in block.ffn.router.parameters())
+        shared = total - experts - routers
+        return {
+            "total": total,
+            "active": shared + routers + active_experts,
+            "active_cached": shared + active_experts,
+            "experts": experts,
+            "routers": routers,
+        }
+
+
+def _usage(routings: list[Routing]) -> dict[str, float]:
+    """Fraction of expert choices per expert, over all layers (for logs)."""
+    n = routings[0].probs.shape[-1]
+    counts = torch.zeros(n)
+    for r in routings:
+        counts += torch.bincount(r.indices.reshape(-1).cpu(), minlength=n).float()
+    frac = counts / counts.sum()
+    return {f"expert_{e}_frac": float(frac[e]) for e in range(n)}

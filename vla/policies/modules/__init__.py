@@ -1,0 +1,1 @@
+"""Building blocks shared by several policies: MoE layers and routers, denoising objectives, encoders."""

@@ -1,0 +1,353 @@
+"""Sparse mixture-of-experts feed-forward layers: SwiGLU experts, routers, top-k gating, expert fusion.
+
+Pieces, each with one job:
+- `SwiGLU`: one expert (or a dense FFN): d -> 2*hidden (value and gate halves) -> SiLU-gated -> d.
+- Routers map a *routing input* to expert logits. What the router sees is the whole design choice:
+  `NoiseRouter` sees only a noise-level embedding (MoDE), `TokenRouter` sees each token (classic MoE).
+  A router given a per-sequence input (B, D) routes every token of that sequence the same way;
+  one given a per-token input (B, T, D) routes tokens independently. An action-space router (HiMoE:
+  a linear map from a slot mask) is another per-sequence `Router` subclass.
+- `select_experts`: top-k from the router's softmax: sampled without replacement in training
+  (exploration), deterministic top-k in eval; chosen weights optionally renormalised to sum to 1.
+- `load_balancing_loss`: Switch/GShard auxiliary loss, E * sum_e f_e * P_e (1 when balanced).
+- `MoELayer`: router + experts + dispatch (gather the tokens of each expert, scatter-add back).
+- `FusedSwiGLU`: several experts stacked into one dense FFN so one matmul pair replaces router +
+  dispatch + k experts, for routing that is known ahead of time (see vla/policies/mode/caching.py).
+  The fused weights can be kept in float32, bfloat16 or int8, because at batch 1 on a CPU the
+  matmuls are skinny (one row per token) and reading weights dominates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FUSED_DTYPES = ("float32", "bfloat16", "int8", "int8_dynamic", "int8_residual")
+
+
+class SwiGLU(nn.Module):
+    """SiLU-gated feed-forward: w_out(value * silu(gate)), with [value; gate] = w_in(x)."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.hidden = hidden
+        self.w_in = nn.Linear(dim, 2 * hidden, bias=bias)  # rows [0, hidden) value, [hidden, 2*hidden) gate
+        self.w_out = nn.Linear(hidden, dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.w_in(x).chunk(2, dim=-1)
+        return self.w_out(self.dropout(value * F.silu(gate)))
+
+
+# --- routers -------------------------------------------------------------------------------------
+
+
+class Router(nn.Module):
+    """Maps a routing input (B, D) per sequence or (B, T, D) per token to expert logits (..., E)."""
+
+    n_experts: int
+
+
+class NoiseRouter(Router):
+    """MoDE's router: an MLP over the noise-level embedding only (dim -> hidden -> E).
+
+    Because it never sees the tokens, the expert choice is a function of the noise level alone,
+    which is what makes expert caching possible.
+    """
+
+    def __init__(self, dim: int, n_experts: int, hidden: int | None = None):
+        super().__init__()
+        self.n_experts = n_experts
+        hidden = hidden or 2 * dim
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, n_experts))
+        # Small last layer: near-uniform routing at the start so every expert gets gradient early.
+        nn.init.normal_(self.mlp[-1].weight, std=0.02)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, route_input: torch.Tensor) -> torch.Tensor:
+        return self.mlp(route_input)
+
+
+class TokenRouter(Router):
+    """Classic token-choice router: a bias-free linear map from each token."""
+
+    def __init__(self, dim: int, n_experts: int):
+        super().__init__()
+        self.n_experts = n_experts
+        self.proj = nn.Linear(dim, n_experts, bias=False)
+        nn.init.normal_(self.proj.weight, std=0.02)
+
+    def forward(self, route_input: torch.Tensor) -> torch.Tensor:
+        return self.proj(route_input)
+
+
+# --- gating --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Routing:
+    """The routing decision for N routing units (sequences or tokens)."""
+
+    indices: torch.Tensor  # (..., k) chosen experts
+    weights: torch.Tensor  # (..., k) gate weights used to combine the chosen experts
+    probs: torch.Tensor  # (..., E) full softmax, for the balance loss and inspection
+
+
+def select_experts(
+    logits: torch.Tensor,
+    top_k: int,
+    sample: bool,
+    renormalize: bool = True,
+    generator: torch.Generator | None = None,
+) -> Routing:
+    """Top-k experts from logits (..., E); sampled in proportion to the softmax when `sample`."""
+    probs = logits.float().softmax(dim=-1)
+    flat = probs.reshape(-1, probs.shape[-1])
+    if sample:
+        idx = torch.multinomial(flat.detach(), top_k, replacement=False, generator=generator)
+    else:
+        idx = flat.topk(top_k, dim=-1).indices
+    idx = idx.reshape(*probs.shape[:-1], top_k)
+    weights = probs.gather(-1, idx)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return Routing(idx, weights.to(logits.dtype), probs)
+
+
+def load_balancing_loss(routing: Routing) -> torch.Tensor:
+    """E * sum_e f_e * P_e: f_e the fraction of choices that went to expert e (no gradient), P_e its mean
+    router probability. Equals 1 when routing is uniform and E when one expert takes everything."""
+    n_experts = routing.probs.shape[-1]
+    probs = routing.probs.reshape(-1, n_experts)
+    counts = F.one_hot(routing.indices.reshape(-1), n_experts).sum(0).to(probs.dtype)
+    frac = counts / counts.sum()
+    return n_experts * (frac * probs.mean(0)).sum()
+
+
+# --- the layer -----------------------------------------------------------------------------------
+
+
+class MoELayer(nn.Module):
+    """Sparse MoE FFN: `forward(x (B, T, d), route_input) -> (y, Routing)`."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        n_experts: int,
+        top_k: int,
+        router: Router,
+        renormalize: bool = True,
+        bias: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if not 1 <= top_k <= n_experts:
+            raise ValueError(f"top_k must be in [1, n_experts={n_experts}], got {top_k}")
+        if router.n_experts != n_experts:
+            raise ValueError(f"router has {router.n_experts} outputs but the layer has {n_experts} experts")
+        self.top_k = top_k
+        self.renormalize = renormalize
+        self.router = router
+        self.experts = nn.ModuleList(SwiGLU(dim, hidden, bias, dropout) for _ in range(n_experts))
+
+    @property
+    def n_experts(self) -> int:
+        return len(self.experts)
+
+    def route(self, route_input: torch.Tensor, generator: torch.Generator | None = None) -> Routing:
+        """Sampled top-k in training, deterministic top-k in eval."""
+        return select_experts(self.router(route_input), self.top_k, self.training, self.renormalize, generator)
+
+    def forward(self, x: torch.Tensor, route_input: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+        routing = self.route(route_input)
+        return self.dispatch(x, routing), routing
+
+    def dispatch(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """Run each expert on the tokens routed to it and add the gate-weighted results."""
+        idx, w = routing.indices, routing.weights
+        if idx.dim() == x.dim() - 1:  # per-sequence routing: every token of a sequence shares it
+            idx = idx.unsqueeze(-2).expand(*x.shape[:-1], self.top_k)
+            w = w.unsqueeze(-2).expand(*x.shape[:-1], self.top_k)
+        flat_x = x.reshape(-1, x.shape[-1])
+        flat_idx, flat_w = idx.reshape(-1, self.top_k), w.reshape(-1, self.top_k)
+        out = torch.zeros_like(flat_x)
+        for e, expert in enumerate(self.experts):
+            chosen = flat_idx == e  # (N, k)
+            rows = chosen.any(-1).nonzero().squeeze(-1)
+            if rows.numel() == 0:
+                continue
+            gate = (flat_w * chosen).sum(-1)[rows].unsqueeze(-1).to(x.dtype)
+            out.index_add_(0, rows, gate * expert(flat_x[rows]))
+        return out.reshape(x.shape)
+
+
+# --- fusion --------------------------------------------------------------------------------------
+
+
+class _Linear:
+    """A bias-free `x @ W.T` whose weight is held in float32, bfloat16 or int8, with an optional
+    per-output-row scale (how fused experts apply their gate weights).
+
+    - float32: F.linear.
+    - bfloat16: bf16 weights; input cast to bf16, result back to float32 (half the bytes).
+    - int8: weight-only int8 (symmetric, per output row) through `aten._weight_int8pack_mm` with
+      bf16 activations; the row scale is folded into the dequantisation scales, so it is free.
+    - int8_dynamic: torch.ao-style dynamic quantisation (`quantized::linear_dynamic`, the kernel of
+      torch.ao's dynamic Linear): activations are quantised per call to 7-bit unsigned per tensor
+      (reduced range avoids int16 saturation on AVX2). Fastest on x86, least accurate.
+    - int8_residual: the same int8 kernel run twice, on x and on its quantisation residual
+      x - dequant(quant(x)), so activations get ~14 bits: the accuracy of weight-only int8 at about
+      twice the cost of int8_dynamic (still integer arithmetic, much faster than float on AVX2).
+    """
+
+    def __init__(self, weight: torch.Tensor, dtype: str):
+        if dtype not in FUSED_DTYPES:
+            raise ValueError(f"unknown fused dtype {dtype!r}; choose one of {FUSED_DTYPES}")
+        self.dtype = dtype
+        self.out_features, self.in_features = weight.shape
+        w = weight.detach().float().contiguous()
+        self.scales: torch.Tensor | None = None
+        if dtype == "float32":
+            self.weight = w
+        elif dtype == "bfloat16":
+            self.weight = w.to(torch.bfloat16)
+        else:
+            if w.device.type != "cpu":
+                raise ValueError(f"dtype={dtype!r} uses a CPU kernel; keep the policy on the CPU or use bfloat16")
+            scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
+            if dtype == "int8":
+                self.weight = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+                self.scales = scale.to(torch.bfloat16)
+            else:
+                zero = torch.zeros(w.shape[0], dtype=torch.long)
+                q = torch.quantize_per_channel(w, scale.double(), zero, 0, torch.qint8)
+                self.weight = torch.ops.quantized.linear_prepack(q, None)
+
+    @property
+    def free_row_scale(self) -> bool:
+        """Whether a per-row scale costs nothing (folded into the kernel's dequantisation scales)."""
+        return self.dtype == "int8"
+
+    def kernel_row_scale(self, row_scale: torch.Tensor) -> torch.Tensor:
+        """The scales argument to pass to __call__ for a (out_features,) row scale."""
+        if self.free_row_scale:
+            assert self.scales is not None
+            return (self.scales.float() * row_scale.float()).to(torch.bfloat16)
+        return row_scale.float()
+
+    def __call__(self, x: torch.Tensor, row_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """`row_scale`: from `kernel_row_scale`, or None for no scaling."""
+        if self.dtype == "float32":
+            y = F.linear(x, self.weight)
+        elif self.dtype == "bfloat16":
+            y = F.linear(x.to(torch.bfloat16), self.weight).to(x.dtype)
+        elif self.dtype == "int8":
+            scales = self.scales if row_scale is None else row_scale
+            flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+            y = torch.ops.aten._weight_int8pack_mm(flat, self.weight, scales)
+            return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        else:
+            flat = x.reshape(-1, x.shape[-1]).float().contiguous()
+            y = torch.ops.quantized.linear_dynamic(flat, self.weight, True)
+            if self.dtype == "int8_residual":
+                q = torch.quantize_per_tensor_dynamic(flat, torch.quint8, True)  # what the kernel did to x
+                y = y + torch.ops.quantized.linear_dynamic(flat - q.dequantize(), self.weight, True)
+            y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return y if row_scale is None else y * row_scale
+
+    @property
+    def nbytes(self) -> int:
+        per = {"float32": 4, "bfloat16": 2}.get(self.dtype, 1)
+        return self.out_features * self.in_features * per
+
+
+@dataclass
+class FusedStep:
+    """One step's gate weights, prepared for a FusedSwiGLU (see `FusedSwiGLU.prepare`)."""
+
+    in_scale: torch.Tensor | None  # row scale for w_in (the gates over the value rows), kernel form
+    value_scale: torch.Tensor | None  # or, when the kernel cannot scale rows for free, a (k*h,) product
+    out_bias: torch.Tensor | None  # sum_i p_i * b_out_i, when the experts have output biases
+
+
+class FusedSwiGLU:
+    """k SwiGLU experts stacked into one FFN of hidden width k*h: one matmul pair for all of them.
+
+    w_in = [v_1; ...; v_k; g_1; ...; g_k] (2kh x d), w_out = [o_1 ... o_k] (d x kh), so
+    w_out(value * silu(gate)) = sum_i o_i(v_i x * silu(g_i x)). The gate weight p_i of expert i scales
+    its value rows, (p_i v_i) x = p_i (v_i x). Two ways to apply it, both exact:
+    - `gates=None` at build time: the weights stay unscaled and each call gets a `FusedStep` from
+      `prepare(gates)`: a row scale folded into int8 dequantisation scales (free), or a product over
+      the value half of the (T, kh) hidden activation (negligible next to the matmuls). One fused copy
+      then serves every sampling step that picks the same experts;
+    - `gates` given: folded into the value rows of w_in once (and into the output bias): a copy
+      specific to one gate vector (what the MoDE authors do, one copy per (step, layer)).
+    Not an nn.Module on purpose: an inference-only cache, never trained or saved.
+    """
+
+    def __init__(self, experts: Sequence[SwiGLU], gates: Sequence[float] | None = None, dtype: str = "float32"):
+        if not experts:
+            raise ValueError("need at least one expert to fuse")
+        self.k = len(experts)
+        self.hidden = experts[0].hidden
+        self.dtype = dtype
+        with torch.no_grad():
+            values, gate_rows, b_values, b_gates = [], [], [], []
+            for i, e in enumerate(experts):
+                v, g = e.w_in.weight.chunk(2, dim=0)
+                scale = 1.0 if gates is None else float(gates[i])
+                values.append(v * scale)
+                gate_rows.append(g)
+                if e.w_in.bias is not None:
+                    bv, bg = e.w_in.bias.chunk(2)
+                    b_values.append(bv * scale)
+                    b_gates.append(bg)
+            self.w_in = _Linear(torch.cat([*values, *gate_rows], 0), dtype)
+            self.w_out = _Linear(torch.cat([e.w_out.weight for e in experts], 1), dtype)
+            self.b_in = torch.cat([*b_values, *b_gates]).detach().float() if b_values else None
+            # Output biases stay per expert: each step weights them by its own gates.
+            out_b = [e.w_out.bias for e in experts]
+            self.b_out = torch.stack(out_b).detach().float() if out_b[0] is not None else None
+        self.folded = None if gates is None else self.prepare(torch.tensor(list(gates)), _folded=True)
+
+    def prepare(self, gates: torch.Tensor, _folded: bool = False) -> FusedStep:
+        """Per-step parameters for gate weights (k,), computed once per (step, layer) by the cache."""
+        gates = gates.detach().float().to(self.b_out.device if self.b_out is not None else gates.device)
+        out_bias = gates @ self.b_out if self.b_out is not None else None
+        if _folded:
+            return FusedStep(None, None, out_bias)
+        value = gates.repeat_interleave(self.hidden)
+        if self.w_in.free_row_scale:
+            row = torch.cat([value, torch.ones_like(value)])
+            return FusedStep(self.w_in.kernel_row_scale(row), None, out_bias)
+        return FusedStep(None, value, out_bias)
+
+    def __call__(self, x: torch.Tensor, step: FusedStep | None = None) -> torch.Tensor:
+        """`step`: from `prepare(gates)`; None only when the gates were folded in at build time."""
+        step = step or self.folded
+        if step is None:
+            raise ValueError("these experts were fused without gates: pass prepare(gates)")
+        h = self.w_in(x, step.in_scale)
+        if self.b_in is not None:
+            h = h + self.b_in.to(h)
+        value, gate = h.chunk(2, dim=-1)
+        if step.value_scale is not None:
+            value = value * step.value_scale.to(value)
+        y = self.w_out(value * F.silu(gate))
+        if step.out_bias is not None:
+            y = y + step.out_bias.to(y)
+        return y
+
+    @property
+    def nbytes(self) -> int:
+        return self.w_in.nbytes + self.w_out.nbytes
+
+    @property
+    def num_params(self) -> int:
+        return self.w_in.out_features * self.w_in.in_features + self.w_out.out_features * self.w_out.in_features

@@ -1,0 +1,201 @@
+"""Checkpoints of a training run: a loadable policy plus everything needed to resume exactly.
+
+    OUT/checkpoints/step_000200/
+        config.json, model.safetensors, normalization.json   the policy (EMA weights), `from_pretrained`
+        data_spec.json                                       the first training store's spec (for eval fit checks)
+        data.json                                            every store, its spec and embodiment
+        train_state/                                         resume only
+            model.safetensors                                raw (non-EMA) weights
+            optimizer.safetensors + optimizer.json           AdamW moments / param groups
+            ema.safetensors                                  the EMA shadow (same as ../model.safetensors)
+            rng.safetensors + trainer.json                   RNG states, step, scheduler, train config
+    OUT/last -> checkpoints/step_000200
+
+Each checkpoint is written to `step_N.partial/` and renamed into place, so a directory named
+`step_N` is always complete; `last` is switched with an atomic symlink replace. No pickle: tensors
+go to safetensors, everything else to JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from vla.datasets.spec import StoreSpec
+from vla.policies.base import Policy
+from vla.train.config import TrainError
+
+CHECKPOINTS = "checkpoints"
+LAST = "last"
+STATE = "train_state"
+DATA_SPEC_FILE = "data_spec.json"
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def step_dir(out: Path, step: int) -> Path:
+    return out / CHECKPOINTS / f"step_{step:06d}"
+
+
+def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first (`.partial` leftovers of a kill are ignored)."""
+    root = out / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    found = list_checkpoints(out)
+    return found[-1][1] if found else None
+
+
+# --- optimizer and RNG state as safetensors + JSON ------------------------------------------------
+
+
+def _split_optimizer(sd: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, scalars = {}, {}
+    for pid, state in sd["state"].items():
+        for name, v in state.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{pid}/{name}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}/{name}"] = v
+    return tensors, {"scalars": scalars, "param_groups": sd["param_groups"]}
+
+
+def _join_optimizer(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for flat, v in [*tensors.items(), *meta["scalars"].items()]:
+        pid, name = flat.split("/", 1)
+        state.setdefault(int(pid), {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = s
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    tensors["numpy_keys"] = torch.from_numpy(np.asarray(keys, np.int64))
+    py_version, py_state, py_gauss = random.getstate()
+    meta = {"numpy": [kind, int(pos), int(has_gauss), float(gauss)], "python": [py_version, list(py_state), py_gauss]}
+    return tensors, meta
+
+
+def _set_rng_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():
+        states = [tensors[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in tensors]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    kind, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((kind, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    py_version, py_state, py_gauss = meta["python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))
+
+
+# --- save / load ---------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    out: Path,
+    step: int,
+    policy: Policy,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    ema_state: Mapping[str, torch.Tensor] | None,
+    ema_updates: int,
+    specs: list[StoreSpec],
+    data_paths: tuple[str, ...],
+    train_config: Mapping[str, Any],
+    keep: int,
+) -> Path:
+    final = step_dir(out, step)
+    tmp = final.with_name(final.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    raw = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
+    policy.save_pretrained(tmp, state_dict=ema_state if ema_state is not None else raw)
+    (tmp / DATA_SPEC_FILE).write_text(json.dumps(specs[0].to_json(), indent=2))
+    (tmp / "data.json").write_text(
+        json.dumps(
+            [
+                {"path": p, "embodiment": s.embodiment, "spec": s.to_json()}
+                for p, s in zip(data_paths, specs, strict=True)
+            ],
+            indent=2,
+        )
+    )
+    state = tmp / STATE
+    state.mkdir()
+    save_file(raw, str(state / "model.safetensors"))
+    opt_tensors, opt_meta = _split_optimizer(optimizer.state_dict())
+    save_file(opt_tensors, str(state / "optimizer.safetensors"))
+    (state / "optimizer.json").write_text(json.dumps(opt_meta))
+    if ema_state is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in ema_state.items()}, str(state / "ema.safetensors"))
+    rng_tensors, rng_meta = _rng_state()
+    save_file(rng_tensors, str(state / "rng.safetensors"))
+    trainer = {
+        "step": step,
+        "ema_updates": ema_updates,
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_meta,
+        "train_config": dict(train_config),
+    }
+    (state / "trainer.json").write_text(json.dumps(trainer, indent=2))
+    if final.exists():  # the same step saved again (a resumed run that had reached it)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _point_last(out, final)
+    for _, old in list_checkpoints(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _point_last(out: Path, target: Path) -> None:
+    link = out / LAST
+    tmp = out / f".{LAST}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target.relative_to(out))
+    os.replace(tmp, link)
+
+
+def load_training_state(path: Path) -> dict[str, Any]:
+    """Everything `save_checkpoint` wrote for resuming, as tensors and dicts; clear errors if damaged."""
+    state = path / STATE
+    try:
+        trainer = json.loads((state / "trainer.json").read_text())
+        out: dict[str, Any] = {
+            "trainer": trainer,
+            "model": load_file(str(state / "model.safetensors")),
+            "optimizer": _join_optimizer(
+                load_file(str(state / "optimizer.safetensors")), json.loads((state / "optimizer.json").read_text())
+            ),
+            "rng": load_file(str(state / "rng.safetensors")),
+        }
+        ema = state / "ema.safetensors"
+        out["ema"] = load_file(str(ema)) if ema.exists() else None
+    except (OSError, json.JSONDecodeError, SafetensorError, KeyError) as e:
+        raise TrainError(
+            f"{path}: cannot resume from this checkpoint ({type(e).__name__}: {e}); "
+            "delete it to resume from an earlier one, or start a new run with another --out"
+        ) from None
+    return out
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    _set_rng_state(state["rng"], state["trainer"]["rng"])

@@ -1,0 +1,86 @@
+"""What a training run needs besides the policy config: steps, batch, schedule, checkpoints, logs."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vla.errors import VlaError
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+class TrainError(VlaError):
+    """A training run that cannot start or continue as asked; says what to change."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: tuple[str, ...]  # store paths, mixed by `weights`
+    out: str  # run directory: checkpoints/, metrics.jsonl, train_config.json
+    steps: int = 1000
+    batch_size: int = 32
+    weights: tuple[float, ...] | None = None  # per store; default: store sizes
+    num_workers: int = 0  # DataLoader worker processes
+    seed: int = 0
+    # Optimiser and schedule. None: the policy config's own optimizer_* fields (paper values).
+    lr: float | None = None
+    betas: tuple[float, float] | None = None
+    weight_decay: float | None = None
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    ema_decay: float = 0.999  # 0 disables EMA; warmed up as min(decay, (1 + t) / (10 + t))
+    mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
+    cpu: bool = False  # force the CPU even when a GPU is present
+    # Logging and checkpoints
+    log_every: int = 10
+    save_every: int = 500  # also saved at the last step
+    keep_checkpoints: int = 2  # older step_* directories are deleted
+    progress: bool = True
+    image_size: tuple[int, int] | None = None  # resize cameras in the loader (None: the store's size)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded with the run
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", tuple(str(p) for p in self.data))
+        if self.weights is not None:
+            object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        problems = []
+        if not self.data:
+            problems.append("no training data: pass at least one --data STORE")
+        if self.weights is not None and len(self.weights) != len(self.data):
+            problems.append(f"{len(self.weights)} weights for {len(self.data)} stores")
+        if self.steps < 1 or self.batch_size < 1:
+            problems.append(f"steps and batch_size must be >= 1 (got {self.steps}, {self.batch_size})")
+        if self.mixed_precision not in MIXED_PRECISION:
+            problems.append(f"mixed_precision {self.mixed_precision!r} not in {MIXED_PRECISION}")
+        if not 0 <= self.ema_decay < 1:
+            problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.save_every < 1 or self.log_every < 1 or self.keep_checkpoints < 1:
+            problems.append("save_every, log_every and keep_checkpoints must be >= 1")
+        if problems:
+            raise TrainError("invalid training config: " + "; ".join(problems))
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        for k in ("betas", "image_size"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    def same_run(self, other: TrainConfig) -> list[str]:
+        """Fields that must not change between a run and its resumption (all but steps/logging)."""
+        free = {"steps", "progress", "log_every", "save_every", "keep_checkpoints", "num_workers", "extra"}
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if k not in free and a[k] != b[k]]
