@@ -1,9 +1,14 @@
-"""The main job, `vla demo`: from nothing to a report, printing each stage.
+"""The main job, `vla demo`: from nothing to a LIBERO success rate, printing each stage.
 
-Today's stages cover the data layer: demonstration data written in two real source layouts
-(LIBERO HDF5 and LeRobot v3 with video cameras), converted into stores, validated, and sampled as
-a two-robot training mixture. Training, LIBERO evaluation and the report's success table are
-further stages appended here as those parts exist.
+1. scripted demos: a scripted pick-and-place expert in the real LIBERO simulator writes
+   demonstrations in LIBERO's HDF5 layout (state only by default; `images=True` renders cameras);
+2. convert: `vla data convert --from libero` into a store, then validation;
+3. train: a small MoDE (CPU preset) on the store;
+4. evaluate: closed loop in LIBERO with the openpi protocol on initial states the demos never used;
+5. report: `report.md` + `summary.json` (stage table, expert rates, loss curve, success table).
+
+Every stage reuses what an earlier run left in OUT (demo files, the store, the training run is
+resumed, finished evaluation episodes are kept), so an interrupted demo continues where it stopped.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +29,24 @@ console = Console()
 @dataclass
 class DemoConfig:
     out: Path
-    libero_tasks: tuple[str, ...] = (
-        "pick up the alphabet soup and place it in the basket",
-        "pick up the cream cheese and place it in the basket",
-    )
-    demos_per_task: int = 5
-    demo_len: int = 60
-    lerobot_episodes: int = 4
-    lerobot_episode_len: int = 40
-    image_size: int = 64
-    sample_batches: int = 20
-    batch_size: int = 16
+    suite: str = "libero_object"
+    tasks: tuple[int, ...] = (0, 1, 2)  # alphabet soup, cream cheese, salad dressing -> basket
+    demos_per_task: int = 20
+    demo_init_states: tuple[int, ...] = tuple(range(40))  # the expert's starts; 40-49 are held out
+    eval_init_states: tuple[int, ...] = tuple(range(40, 50))
+    images: bool = False  # state-only by default: minutes instead of an hour on 2 cores
+    image_size: int = 128
+    train_steps: int = 3000
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    policy_overrides: dict[str, Any] = field(default_factory=dict)
+    eval_preset: str = "openpi"
+    eval_max_steps: int | None = None  # None: the protocol's budget for the suite
+    workers: int = 1
+    videos: int = 2
     seed: int = 0
+    progress: bool = True
 
 
 @dataclass
@@ -48,92 +59,152 @@ class DemoResult:
 Stage = Callable[[DemoConfig, DemoResult], str]
 
 
-def stage_source_data(cfg: DemoConfig, res: DemoResult) -> str:
-    from vla.datasets.fixtures.lerobot import write_lerobot_dataset
-    from vla.datasets.fixtures.libero_hdf5 import write_libero_hdf5
+def stage_demos(cfg: DemoConfig, res: DemoResult) -> str:
+    from vla.sim.scripted import DEMO_SUFFIX, collect_task
+    from vla.sim.libero import get_task
 
-    libero_dir = cfg.out / "source" / "libero"
-    libero_dir.mkdir(parents=True, exist_ok=True)
-    for i, task in enumerate(cfg.libero_tasks):
-        path = libero_dir / f"{task.replace(' ', '_')}_demo.hdf5"
-        if not path.exists():
-            write_libero_hdf5(
-                path,
-                language=task,
-                num_demos=cfg.demos_per_task,
-                demo_len=cfg.demo_len,
-                image_size=(cfg.image_size, cfg.image_size),
-                seed=cfg.seed + i,
-            )
-    lerobot_dir = cfg.out / "source" / "lerobot"
-    if not (lerobot_dir / "meta" / "info.json").exists():
-        write_lerobot_dataset(
-            lerobot_dir,
-            num_episodes=cfg.lerobot_episodes,
-            episode_len=cfg.lerobot_episode_len,
-            image_size=(cfg.image_size, cfg.image_size),
+    src = cfg.out / "source" / "libero"
+    rates = {}
+    for task_id in cfg.tasks:
+        task = get_task(cfg.suite, task_id)
+        done = src / f"{task.name}{DEMO_SUFFIX}"
+        meta = done.with_suffix(".json")
+        if done.exists() and meta.exists():
+            report = json.loads(meta.read_text())
+            if report["successes"] >= cfg.demos_per_task:
+                rates[task.name] = (report["successes"], report["attempts"])
+                continue
+        r = collect_task(
+            cfg.suite,
+            task_id,
+            src,
+            cfg.demos_per_task,
+            init_state_ids=cfg.demo_init_states,
+            images=cfg.images,
+            image_size=cfg.image_size,
             seed=cfg.seed,
         )
-    res.artifacts["libero source"] = str(libero_dir)
-    res.artifacts["lerobot source"] = str(lerobot_dir)
-    return f"{len(cfg.libero_tasks)} LIBERO HDF5 files, 1 LeRobot v3 dataset"
+        if not r.successes:
+            raise RuntimeError(f"the scripted expert solved none of {r.attempts} tries of {task.name}")
+        rates[task.name] = (r.successes, r.attempts)
+    res.artifacts["demos"] = str(src)
+    res.figures["expert success"] = {k: f"{s}/{a}" for k, (s, a) in rates.items()}
+    kept = sum(s for s, _ in rates.values())
+    tries = sum(a for _, a in rates.values())
+    return f"{kept} successful demos of {len(rates)} tasks ({kept}/{tries} expert rollouts succeeded)"
 
 
 def stage_convert(cfg: DemoConfig, res: DemoResult) -> str:
     from vla.datasets.convert import convert
-
-    parts = []
-    for fmt, name in (("libero", "libero"), ("lerobot", "lerobot")):
-        dst = cfg.out / "stores" / f"{name}.zarr"
-        if not dst.exists():
-            convert(fmt, res.artifacts[f"{name} source"], dst, progress=False)
-        from vla.datasets.store import Store
-
-        store = Store(dst)
-        res.artifacts[f"{name} store"] = str(dst)
-        parts.append(f"{name}: {store.num_episodes} ep / {store.num_frames} frames")
-    return "; ".join(parts)
-
-
-def stage_validate(cfg: DemoConfig, res: DemoResult) -> str:
+    from vla.datasets.store import Store
     from vla.datasets.validate import validate_store
 
-    problems = {k: validate_store(v) for k, v in res.artifacts.items() if k.endswith("store")}
-    bad = {k: p for k, p in problems.items() if p}
-    if bad:
-        raise RuntimeError(f"store validation failed: {bad}")
-    return f"{len(problems)} stores valid"
+    dst = cfg.out / "stores" / "libero.zarr"
+    if not dst.exists():
+        convert("libero", res.artifacts["demos"], dst, progress=cfg.progress)
+    problems = validate_store(dst)
+    if problems:
+        raise RuntimeError(f"{dst} is not valid: {problems}")
+    store = Store(dst)
+    res.artifacts["store"] = str(dst)
+    return f"{store.num_episodes} episodes, {store.num_frames} frames, {len(store.tasks)} tasks; valid"
 
 
-def stage_sample(cfg: DemoConfig, res: DemoResult) -> str:
-    import torch
+def stage_train(cfg: DemoConfig, res: DemoResult) -> str:
+    from vla.train import TrainConfig, train
+    from vla.train.checkpoint import latest_checkpoint
 
-    from vla.datasets.sampler import MixtureDataset, MixtureSampler, WindowConfig, WindowDataset
-
-    window = WindowConfig(n_obs=1, horizons=(10,))
-    parts = [WindowDataset(res.artifacts[k], window) for k in ("libero store", "lerobot store")]
-    mixture = MixtureDataset(parts, slots=True, image_size=(cfg.image_size, cfg.image_size))
-    sampler = MixtureSampler(
-        mixture, weights=[0.5, 0.5], num_samples=cfg.batch_size * cfg.sample_batches, seed=cfg.seed
+    run = cfg.out / "train"
+    tc = TrainConfig(
+        data=(res.artifacts["store"],),
+        out=str(run),
+        steps=cfg.train_steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup_steps=min(cfg.warmup_steps, cfg.train_steps),
+        seed=cfg.seed,
+        save_every=max(cfg.train_steps // 4, 1),
+        log_every=max(min(50, cfg.train_steps // 10), 1),
+        progress=cfg.progress,
     )
-    loader = torch.utils.data.DataLoader(mixture, batch_size=cfg.batch_size, sampler=sampler, num_workers=0)
-    t0 = time.perf_counter()
-    n, per_embodiment = 0, torch.zeros(len(parts), dtype=torch.long)
-    for batch in loader:
-        n += len(batch["action"])
-        per_embodiment += torch.bincount(batch["embodiment_id"], minlength=len(parts))
-    rate = n / (time.perf_counter() - t0)
-    res.figures["mixture samples/s"] = round(rate, 1)
-    res.figures["windows per embodiment"] = per_embodiment.tolist()
-    shape = tuple(batch["action"].shape)
-    return f"{n} windows ({per_embodiment.tolist()} per robot), {rate:.0f} samples/s, action batch {shape}"
+    last = latest_checkpoint(run)
+    res.artifacts["checkpoint"] = str(run / "last")
+    if last is not None and int(last.name.split("_")[1]) >= cfg.train_steps:
+        _record_training(run, res)
+        return f"reused {last}"
+    result = train("mode", tc, preset="cpu", overrides=cfg.policy_overrides, resume=last is not None)
+    res.figures["parameters"] = result.parameters
+    _record_training(run, res)
+    curve = res.figures["loss curve"]
+    return (
+        f"{result.steps} steps, loss {curve['first']:.3f} -> {curve['last']:.3f}, "
+        f"{result.samples_per_s:.0f} samples/s, {result.parameters.get('total', 0) / 1e6:.1f}M parameters"
+    )
+
+
+def _record_training(run: Path, res: DemoResult) -> None:
+    from vla.train.metrics import read_metrics
+
+    metrics = read_metrics(run)
+    if metrics:
+        res.figures["loss curve"] = {"first": metrics[0]["loss"], "last": metrics[-1]["loss"], "steps": metrics[-1]["step"]}
+        res.artifacts["loss plot"] = str(plot_loss(metrics, run / "loss.png"))
+
+
+def plot_loss(metrics: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics])
+    ax.set(xlabel="step", ylabel="training loss", yscale="log", title="MoDE training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def stage_evaluate(cfg: DemoConfig, res: DemoResult) -> str:
+    from vla.eval.libero import LiberoEvalConfig, evaluate_libero, print_summary
+
+    out = cfg.out / "eval"
+    summary = evaluate_libero(
+        LiberoEvalConfig(
+            suite=cfg.suite,
+            out=out,
+            policy=res.artifacts["checkpoint"],
+            tasks=cfg.tasks,
+            preset=cfg.eval_preset,
+            init_states=cfg.eval_init_states,
+            seed=cfg.seed,
+            max_steps=cfg.eval_max_steps,
+            workers=cfg.workers,
+            videos=cfg.videos,
+        ),
+        progress=cfg.progress,
+    )
+    print_summary(summary, console)
+    res.artifacts["eval"] = str(out)
+    res.artifacts["eval report"] = summary["report"]
+    res.figures["success rate"] = summary["success_rate"]
+    res.figures["episodes"] = summary["episodes"]
+    res.figures["per task"] = {t["name"]: t["success_rate"] for t in summary["tasks"]}
+    res.figures["eval throughput"] = summary["throughput"]
+    res.figures["eval"] = {"preset": summary["preset"], "init_states": list(cfg.eval_init_states)}
+    return (
+        f"{summary['successes']}/{summary['episodes']} successes ({summary['success_rate']:.0%}) "
+        f"on held-out initial states {cfg.eval_init_states[0]}-{cfg.eval_init_states[-1]}"
+    )
 
 
 STAGES: list[tuple[str, Stage]] = [
-    ("source data", stage_source_data),
+    ("scripted demos", stage_demos),
     ("convert", stage_convert),
-    ("validate", stage_validate),
-    ("sample mixture", stage_sample),
+    ("train", stage_train),
+    ("evaluate", stage_evaluate),
 ]
 
 
@@ -160,10 +231,15 @@ def write_report(cfg: DemoConfig, res: DemoResult) -> None:
     console.print(table)
     lines = ["# vla demo report", "", "| stage | result | seconds |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in res.rows]
+    if "per task" in res.figures:
+        lines += ["", "## LIBERO success on held-out initial states", "", "| task | success |", "|---|---|"]
+        lines += [f"| {k} | {v:.0%} |" for k, v in res.figures["per task"].items()]
+        lines += ["", f"Full evaluation report: `{res.artifacts['eval report']}`"]
+    if "loss plot" in res.artifacts:
+        lines += ["", "## Training", "", f"![loss]({Path(res.artifacts['loss plot']).relative_to(cfg.out)})"]
     lines += ["", "## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in res.artifacts.items()]
-    lines += ["", "## Figures", "", "```json", json.dumps(res.figures, indent=2), "```", ""]
+    lines += ["", "## Figures", "", "```json", json.dumps(res.figures, indent=2, default=str), "```", ""]
     (cfg.out / "report.md").write_text("\n".join(lines))
-    (cfg.out / "summary.json").write_text(
-        json.dumps({"stages": res.rows, "artifacts": res.artifacts, "figures": res.figures}, indent=2)
-    )
+    summary = {"config": asdict(cfg), "stages": res.rows, "artifacts": res.artifacts, "figures": res.figures}
+    (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     console.print(f"report: {cfg.out / 'report.md'}")

@@ -12,6 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests.eval.factories import BrokenFactory
 from tests.eval.helpers import STEPS, SUITE, TASK, eval_config, fitting_data_spec, save_checkpoint
 from vla.cli import app
 from vla.eval.episodes import EpisodeSpec, EvalError
@@ -211,7 +212,11 @@ class HorizonPlanner:
         self.rows.append(rows)
         self.histories.append(batch["observation.state"])
         n = np.array([1 + i % 3 for i in batch["plan_index"]])
-        return Plan(np.zeros((rows, 4, 7)), n)
+        actions = np.zeros((rows, 4, 7))
+        for row, (episode, index) in enumerate(zip(batch["episode_id"], batch["plan_index"], strict=True)):
+            if episode == "x/1" and index == 2:
+                actions[row, 1] = np.nan  # the env refuses it: the episode must end as a failure
+        return Plan(actions, n)
 
     def describe(self):
         return {"type": "horizons"}
@@ -229,16 +234,40 @@ def test_the_runner_executes_as_many_actions_as_the_policy_asks(tmp_path):
         planner=planner,
         on_result=lambda result, frames, stats: got.append(result),
     )
-    # 10 steps as 1+2+3+1+2(+1 of 3 discarded): 6 plans per episode
-    assert [(r.steps, r.policy_calls, r.actions_discarded) for r in got] == [(10, 6, 2), (10, 6, 2)]
-    assert stats.env_steps == 20 and stats.policy_calls == 12 and planner.rows == [1] * 12
+    # 10 steps as 1+2+3+1+2+1 (2 of the last 3 discarded): 6 plans
+    assert [(r.steps, r.policy_calls, r.actions_discarded, r.error) for r in got[:1]] == [(10, 6, 2, None)]
+    # 1+2 steps, then the third plan's second action raises: 1 step of it done, 2 discarded
+    failed = got[1]
+    assert (failed.success, failed.steps, failed.policy_calls, failed.actions_discarded) == (False, 4, 3, 2)
+    assert "SimError" in failed.error and "finite" in failed.error
+    assert stats.env_steps == 14 and stats.policy_calls == 9 and planner.rows == [1] * 9
     first = planner.histories[0][0]
     assert first.shape == (2, 8) and np.array_equal(first[0], first[1]), "history starts as repeats of the reset frame"
     assert not np.array_equal(planner.histories[1][0][0], planner.histories[1][0][1])
 
 
-def test_cli(tmp_path):
+@pytest.mark.parametrize("processes", [False, True])
+def test_an_environment_that_cannot_be_built_stops_the_run(processes):
+    episodes = [EpisodeSpec(f"x/{k}", "x", "x", 0, k) for k in range(3)]
+    with pytest.raises(EvalError, match="building the environment for x failed: SimError: no OpenGL here"):
+        run_episodes(
+            episodes,
+            SlotConfig(BrokenFactory(), 1, ()),
+            PlannerSpec("random", 1, (-1.0,), (1.0,)),
+            workers=2,
+            processes=processes,
+        )
+
+
+def test_cli(tmp_path, resumed_run):
     cli = CliRunner()
+    out = resumed_run[0]
+    args = ["--suite", SUITE, "--tasks", str(TASK), "--init-states", "0-3", "--max-steps", str(STEPS), "--seed", "3"]
+    done = cli.invoke(app, ["eval", "libero", *args, "--out", str(out), "--no-progress"])
+    assert done.exit_code == 0, done.output
+    assert "success rate 0.0% over 4 episodes" in done.output and "0 episodes run now, 4 from before" in done.output
+    other = cli.invoke(app, ["eval", "libero", *args[:-1], "4", "--out", str(out), "--no-progress"])
+    assert isinstance(other.exception, EvalError) and "run_seed" in str(other.exception)
     helped = cli.invoke(app, ["eval", "libero", "--help"])
     assert helped.exit_code == 0
     for flag in ("--suite", "--tasks", "--trials-per-task", "--init-states", "--policy", "--workers", "--out"):

@@ -39,11 +39,11 @@ def libero(
     videos: Annotated[int, typer.Option(help="MP4 videos to keep, failures first (renders agentview).")] = 0,
     device: Annotated[str, typer.Option(help="Torch device of the policy.")] = "cpu",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out (else start over).")] = True,
-    progress: Annotated[bool, typer.Option(help="Progress bar and summary table.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar with the running success rate.")] = True,
 ) -> None:
     """Evaluate a policy on LIBERO tasks: per-episode JSONL as episodes finish, then summary and report."""
     from vla.eval.episodes import parse_ids
-    from vla.eval.libero import LiberoEvalConfig, evaluate_libero
+    from vla.eval.libero import LiberoEvalConfig, evaluate_libero, print_summary
 
     config = LiberoEvalConfig(
         suite=suite,
@@ -64,4 +64,5 @@ def libero(
         resume=resume,
     )
     summary = evaluate_libero(config, progress=progress)
+    print_summary(summary)
     typer.echo(f"success rate {summary['success_rate']:.1%} over {summary['episodes']} episodes; {out}/summary.json")

@@ -78,6 +78,9 @@ def demos(
                     on_episode=tick,
                 )
             )
+            if reports[-1].skipped:
+                progress.update(bar, description=f"{suite} task {task_id}: skipped")
+            progress.stop_task(bar)  # freeze its clock: it would keep counting while later tasks run
     console.print(results_table(suite, reports))
     if not any(r.successes for r in reports):
         raise typer.Exit(1)

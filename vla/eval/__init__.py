@@ -1,1 +1,13 @@
-"""Evaluation harnesses: runner (workers, resume, results), benchmark protocols, reports."""
+"""Evaluation harnesses: runner (workers, resume, results), benchmark protocols, reports.
+
+Generic, benchmark-neutral pieces (CALVIN reuses them):
+- `episodes`: `EpisodeSpec` / `EpisodeResult`, the resume key (`episode_id`), `parse_ids`;
+- `planners`: the `Planner` interface (chunk + actions to execute per row), `PolicyPlanner`,
+  `RandomPlanner`, `PlannerSpec` (picklable recipe for worker processes);
+- `worker`: one episode at a time next to its environment, in this process or a spawned one;
+- `runner`: `run_episodes` (lock-step rounds, plans batched across workers, throughput counts);
+- `results`: the resumable `episodes.jsonl` log, `run.json` settings check, per-group rates;
+- `report`: rich table, Markdown report + PNG plot, MP4 videos (failures first);
+- `fit`: policy vs environment checks before the first episode.
+Protocols: `libero` (presets openpi / libero / mode, `evaluate_libero`).
+"""

@@ -172,7 +172,7 @@ class LiberoEnvFactory:
 
 
 @dataclass
-class LiberoPlanEval:
+class PreparedEval:
     """Everything resolved and checked before any episode runs (see `prepare`)."""
 
     config: LiberoEvalConfig
@@ -192,7 +192,7 @@ class LiberoPlanEval:
 # --- preparation: every check before the first episode ------------------------------------------------
 
 
-def prepare(config: LiberoEvalConfig) -> LiberoPlanEval:
+def prepare(config: LiberoEvalConfig) -> PreparedEval:
     """Resolve the preset, tasks, init states, policy and env settings; raise on anything that cannot run."""
     preset = get_preset(config.preset)
     all_tasks = suite_tasks(config.suite)  # raises for an unknown suite, listing the valid ones
@@ -245,20 +245,6 @@ def prepare(config: LiberoEvalConfig) -> LiberoPlanEval:
     if config.policy == "random":
         planner = planner_spec.build()
     env_seed = {"fixed": preset.env_seed, "run": config.seed, "none": None}[preset.seed_mode]
-    episodes = [
-        EpisodeSpec(
-            episode_id=f"{config.suite}/{t.task_id}/{k}",
-            env_key=f"{config.suite}/{t.task_id}",
-            task=f"{config.suite}/{t.task_id}",
-            task_id=t.task_id,
-            init_state_id=k,
-            seed=env_seed,
-            policy_seed=derive_seed(config.seed, f"{config.suite}/{t.task_id}/{k}"),
-            meta={"suite": config.suite, "task_name": t.name},
-        )
-        for t in tasks
-        for k in init_ids
-    ]
     settings = {
         "benchmark": "libero",
         "preset": preset.name,
@@ -284,11 +270,11 @@ def prepare(config: LiberoEvalConfig) -> LiberoPlanEval:
         "protocol_state": preset.state,
         "success": "the env's own check (AND of the BDDL goal predicates) at any step; an exception is a failure",
         "policy": config.policy if config.policy == "random" else str(Path(config.policy).resolve()),
-        "device": config.device,
         **config.extra,
     }
     policy_info = {
         "source": settings["policy"],
+        "device": config.device,
         "data_spec": data_spec is not None,
         **(planner.describe() if planner is not None else {}),
     }
@@ -296,7 +282,8 @@ def prepare(config: LiberoEvalConfig) -> LiberoPlanEval:
     n_obs = planner.n_obs if planner is not None else 1
     if config.policy_in_workers:
         planner = None  # workers build their own from planner_spec; keep none in this process
-    return LiberoPlanEval(
+    episodes = make_episodes(config.suite, tasks, init_ids, env_seed, config.seed)
+    return PreparedEval(
         config,
         preset,
         tasks,
@@ -310,6 +297,26 @@ def prepare(config: LiberoEvalConfig) -> LiberoPlanEval:
         settings,
         policy_info,
     )
+
+
+def make_episodes(
+    suite: str, tasks: Sequence[LiberoTask], init_ids: Sequence[int], env_seed: int | None, run_seed: int
+) -> list[EpisodeSpec]:
+    """Task-major order, so a worker mostly stays on one task and rarely rebuilds its simulator."""
+    return [
+        EpisodeSpec(
+            episode_id=f"{suite}/{t.task_id}/{k}",
+            env_key=f"{suite}/{t.task_id}",
+            task=f"{suite}/{t.task_id}",
+            task_id=t.task_id,
+            init_state_id=k,
+            seed=env_seed,
+            policy_seed=derive_seed(run_seed, f"{suite}/{t.task_id}/{k}"),
+            meta={"suite": suite, "task_name": t.name},
+        )
+        for t in tasks
+        for k in init_ids
+    ]
 
 
 def select_init_states(
@@ -362,12 +369,12 @@ def _image_settings(
 # --- running --------------------------------------------------------------------------------------------
 
 
-def evaluate_libero(config: LiberoEvalConfig, progress: bool = True, console: Any = None) -> dict[str, Any]:
-    """Run (or resume) a LIBERO evaluation into `config.out`; returns the summary (also summary.json)."""
-    from rich.console import Console
+def evaluate_libero(config: LiberoEvalConfig, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) a LIBERO evaluation into `config.out`; returns the summary (also summary.json).
+
+    `progress`: a progress bar with the running success rate and throughput (stderr)."""
     from tqdm import tqdm
 
-    console = console or Console()
     plan = prepare(config)
     out = Path(config.out)
     log = ResultsLog(out).open(plan.settings, resume=config.resume, selection=SELECTION_SETTINGS)
@@ -377,8 +384,8 @@ def evaluate_libero(config: LiberoEvalConfig, progress: bool = True, console: An
         for p in (out / VIDEO_DIR).glob("*.mp4"):
             p.unlink()
     keeper = VideoKeeper(out / VIDEO_DIR, config.videos, FPS)
-    if done_before:
-        console.print(f"resuming: {done_before} of {len(plan.episodes)} episodes already in {log.path}")
+    if done_before and progress:
+        tqdm.write(f"resuming: {done_before} of {len(plan.episodes)} episodes already in {log.path}")
     ok_before = sum(1 for e in plan.episodes if log.records.get(e.episode_id, {}).get("success"))
     video_key = f"observation.images.{VIDEO_CAMERA}" if config.videos > 0 else None
     flip_video = plan.factory.image_orientation == "rotated_180"  # videos are always upright
@@ -414,18 +421,26 @@ def evaluate_libero(config: LiberoEvalConfig, progress: bool = True, console: An
     write_summary(out, summary)
     summary["report"] = str(write_report(out, summary))
     write_summary(out, summary)
-    if progress:
-        console.print(summary_table(summary))
-        t = summary["throughput"]
-        console.print(
-            f"{t['env_steps_per_s']:.1f} env steps/s, {t['policy_calls_per_s']:.2f} policy calls/s "
-            f"({t['plans_per_s']:.2f} plans/s) with {config.workers} worker(s); results in {out}"
-        )
     return summary
 
 
+def print_summary(summary: Mapping[str, Any], console: Any = None) -> None:
+    """The per-task table and the throughput line."""
+    from rich.console import Console
+
+    console = console or Console()
+    console.print(summary_table(summary))
+    t, run = summary["throughput"], summary["run"]
+    console.print(
+        f"{t['env_steps_per_s']:.1f} env steps/s, {t['policy_calls_per_s']:.2f} policy calls/s "
+        f"({t['plans_per_s']:.2f} plans/s); after start-up {t['steady_env_steps_per_s']:.1f} steps/s, "
+        f"{t['steady_policy_calls_per_s']:.2f} calls/s; {run['workers']} worker(s), "
+        f"{t['episodes']} episodes run now, {run['resumed_episodes']} from before"
+    )
+
+
 def summarize(
-    plan: LiberoPlanEval, log: ResultsLog, stats: RunStats, wall_s: float, resumed: int, videos: list[str]
+    plan: PreparedEval, log: ResultsLog, stats: RunStats, wall_s: float, resumed: int, videos: list[str]
 ) -> dict[str, Any]:
     records = log.results(e.episode_id for e in plan.episodes)
     per_task = group_rates(records, "task")

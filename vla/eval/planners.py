@@ -105,10 +105,8 @@ class PolicyPlanner:
             out[key] = x.permute(0, 1, 4, 2, 3).contiguous() if key in cams else x.float()
         rows = len(out["task"])
         out["observation_is_pad"] = torch.zeros(rows, self.n_obs, dtype=torch.bool)
-        device = getattr(self.policy, "device", None)
-        if isinstance(device, torch.device):
-            out = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
-        return out
+        device = next(self.policy.parameters(), torch.empty(0)).device
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
 
     def describe(self) -> dict[str, Any]:
         cfg = self.policy.config

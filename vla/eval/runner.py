@@ -36,6 +36,7 @@ class RunStats:
     policy_calls: int = 0  # planner invocations (one call plans a whole batch of environments)
     wall_s: float = 0.0
     episode_wall_s: float = 0.0  # summed over episodes: excludes start-up and simulator building
+    startup_s: float = 0.0  # until every worker had answered once (processes up, simulators built)
 
     @property
     def success_rate(self) -> float:
@@ -50,12 +51,15 @@ class RunStats:
         return self.policy_calls / self.wall_s if self.wall_s else 0.0
 
     def to_json(self) -> dict[str, Any]:
+        steady = self.wall_s - self.startup_s  # after start-up: what a long evaluation would sustain
         return {
             **asdict(self),
             "success_rate": self.success_rate,
             "env_steps_per_s": round(self.env_steps_per_s, 2),
             "policy_calls_per_s": round(self.policy_calls_per_s, 3),
             "plans_per_s": round(self.plans / self.wall_s, 3) if self.wall_s else 0.0,
+            "steady_env_steps_per_s": round(self.env_steps / steady, 2) if steady > 0 else 0.0,
+            "steady_policy_calls_per_s": round(self.policy_calls / steady, 3) if steady > 0 else 0.0,
             # one environment's pace while its episodes run (the wall-clock rates include start-up)
             "env_steps_per_episode_s": round(self.env_steps / self.episode_wall_s, 2) if self.episode_wall_s else 0.0,
         }
@@ -93,6 +97,7 @@ def run_episodes(
     want = record or (lambda spec: False)
     t0 = time.perf_counter()
     pool: list[LocalWorker | ProcessWorker] = []
+    finished = False
     try:
         for i in range(n):
             pool.append(
@@ -114,6 +119,8 @@ def run_episodes(
             start_next(i)
         while active:
             replies: dict[int, Reply] = {i: pool[i].recv() for i in list(active)}
+            if not stats.startup_s:
+                stats.startup_s = time.perf_counter() - t0
             planning: list[int] = []
             for i, reply in replies.items():
                 if reply.kind == "fatal":
@@ -140,8 +147,9 @@ def run_episodes(
                 stats.policy_calls += 1
                 for row, i in enumerate(planning):
                     pool[i].send(("act", plan.actions[row], int(plan.n_exec[row])))
+        finished = True
     finally:
         for w in pool:
-            w.close()
+            w.close(force=not finished)
     stats.wall_s = time.perf_counter() - t0
     return stats

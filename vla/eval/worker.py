@@ -67,7 +67,10 @@ class EpisodeSlot:
         self.language = ""
         try:
             env = self._env_for(spec)
-            self.t0 = time.perf_counter()  # an episode's wall time excludes building the simulator
+        except Exception as e:  # not an episode failure: no episode of this env could run
+            return Reply("fatal", error=f"building the environment for {spec.env_key} failed: {type(e).__name__}: {e}")
+        self.t0 = time.perf_counter()  # an episode's wall time excludes building the simulator
+        try:
             self.language = env.task_language
             obs = env.reset(spec.init_state_id)
         except Exception as e:  # openpi's rule: an exception during an episode is a failure
@@ -79,7 +82,7 @@ class EpisodeSlot:
     def act(self, actions: np.ndarray, n_exec: int) -> Reply:
         assert self.env is not None and self.spec is not None
         self.calls += 1
-        n = int(min(n_exec, len(actions)))
+        n = int(min(max(n_exec, 1), len(actions)))  # at least one step, or a plan could never end the episode
         for i in range(n):
             try:
                 result = self.env.step(actions[i])
@@ -184,7 +187,7 @@ class LocalWorker:
         assert msg is not None, "recv() without a command"
         return _handle(self.slot, self.planner, msg)
 
-    def close(self) -> None:
+    def close(self, force: bool = False) -> None:
         self.slot.close()
 
 
@@ -210,8 +213,10 @@ class ProcessWorker:
         except EOFError:
             return Reply("fatal", error="worker process closed its pipe")
 
-    def close(self) -> None:
-        if self.process.is_alive():
+    def close(self, force: bool = False) -> None:
+        """Stop the process: politely after a finished run, at once after an error (it may be mid-episode,
+        blocked sending a reply nobody will read)."""
+        if self.process.is_alive() and not force:
             try:
                 self.conn.send(("close",))
                 self.process.join(timeout=30)
@@ -233,9 +238,10 @@ def _handle(slot: EpisodeSlot, planner: Any, msg: tuple) -> Reply:
 
 
 def _worker_main(conn: Connection, slot_config: SlotConfig, planner_spec: PlannerSpec | None) -> None:
-    import torch
+    if planner_spec is not None and not planner_spec.is_random:
+        import torch
 
-    torch.set_num_threads(1)  # workers share the cores: one thread each avoids oversubscription
+        torch.set_num_threads(1)  # workers share the cores: one thread each avoids oversubscription
     slot = EpisodeSlot(slot_config)
     try:
         planner = planner_spec.build() if planner_spec is not None else None

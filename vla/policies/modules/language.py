@@ -14,7 +14,9 @@ zeros, the same vector goal dropout uses in training.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -74,7 +76,8 @@ class SentenceTransformerEncoder(LanguageEncoder):
         self.path = path or default_minilm_path()
         if not Path(self.path).exists():
             raise LanguageEncoderError(f"sentence-transformers model not found at {self.path}")
-        self.model = SentenceTransformer(self.path, device=device)
+        with _quiet_transformers():  # the packaged model has an unused position_ids buffer: a harmless warning
+            self.model = SentenceTransformer(self.path, device=device)
         self.model.eval()
         self.dim = int(self.model.get_embedding_dimension())
 
@@ -118,6 +121,21 @@ def _has_projection(path: str) -> bool:
             if any(k.endswith("text_projection.weight") for k in st.keys()):  # noqa: SIM118  (safe_open has no __iter__)
                 return True
     return False
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    before, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 _ENCODERS: dict[tuple[str, str, str], LanguageEncoder] = {}
