@@ -1,10 +1,24 @@
-"""Test-wide settings: offline, deterministic, small thread counts (CI has 2 cores)."""
+"""Test-wide settings: offline, deterministic, one intra-op thread.
+
+CI has 2 cores shared with simulator and DataLoader processes: with more than one OpenMP thread,
+spin-waits for a busy core make the many small ops of these tests up to 10x slower and the timing
+of subprocess tests unpredictable, so every test (and every subprocess it starts) runs one thread.
+"""
 
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+import torch
 
 import vla  # noqa: F401  (applies the toolkit's offline/LIBERO defaults before anything else loads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    torch.set_num_threads(1)
+    yield

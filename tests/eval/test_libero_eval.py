@@ -9,7 +9,6 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from tests.eval.factories import BrokenFactory
@@ -25,14 +24,6 @@ from vla.sim.base import SimError
 
 pytestmark = pytest.mark.slow
 VOLATILE = ("wall_s",)  # the only fields that may differ between identical runs
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CI box is shared: no OpenMP spinning
-    yield
-    torch.set_num_threads(n)
 
 
 def records(out: Path) -> list[dict]:

@@ -4,20 +4,11 @@ interface (HWC -> CHW, re-plan interval), and a policy that picks its own horizo
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from tests.eval.helpers import tiny_mode
 from vla.eval.planners import PlannerSpec, PolicyPlanner, RandomPlanner
 from vla.policies.mode import MoDEPolicy
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def batch(rows: int, **obs: np.ndarray) -> dict:

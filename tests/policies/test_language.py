@@ -12,14 +12,6 @@ from vla.policies.modules.language import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory):
     """A tiny random CLIP text tower with a word-level tokenizer, saved like a real checkpoint."""

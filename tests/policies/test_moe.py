@@ -17,15 +17,6 @@ from vla.policies.modules.moe import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The CI box is shared: one thread avoids OpenMP spin-waits that make tiny ops 10x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _layer(router_kind: str = "noise", dim: int = 16, n_experts: int = 4, top_k: int = 2) -> MoELayer:
     torch.manual_seed(0)
     router = NoiseRouter(dim, n_experts) if router_kind == "noise" else TokenRouter(dim, n_experts)

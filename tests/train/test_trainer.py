@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.policies.mode.helpers import one_thread as _one_thread
 from tests.train.helpers import TINY, write_reach_store
 from vla.datasets.sampler import WindowConfig, WindowDataset
 from vla.policies.base import Policy, PolicyError
@@ -23,7 +22,6 @@ from vla.train.config import TrainError
 from vla.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
-one_thread = pytest.fixture(_one_thread)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +35,7 @@ def tiny_run(store, out: Path, **kw) -> TrainConfig:
 
 
 @pytest.mark.slow
-def test_cpu_preset_learns_the_demonstrated_actions(reach_store, tmp_path, one_thread):
+def test_cpu_preset_learns_the_demonstrated_actions(reach_store, tmp_path):
     tc = tiny_run(reach_store, tmp_path / "run", steps=250, batch_size=32, warmup_steps=20, lr=1e-3, log_every=10)
     result = train("mode", tc, preset="cpu")
     assert result.last_loss < 0.1 * result.first_loss, (result.first_loss, result.last_loss)

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from vla.cli import data, demo, sim
+from vla.cli import data, demo, robot, sim
 from vla.cli import eval as eval_cli
 from vla.cli import train as train_cli
 from vla.errors import VlaError
@@ -23,6 +23,9 @@ app.add_typer(sim.app, name="sim")
 app.add_typer(eval_cli.app, name="eval")
 app.command(name="train")(train_cli.train)
 app.command(name="demo")(demo.demo)
+app.add_typer(robot.app, name="robot")
+app.command(name="deploy")(robot.deploy)
+app.command(name="serve")(robot.serve)
 
 
 def main() -> None:

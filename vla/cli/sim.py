@@ -88,7 +88,8 @@ def demos(
 
 def results_table(suite: str, reports: list[TaskReport]) -> Table:
     """The expert's success per task, a total over the attempted tasks, and why any task was skipped."""
-    table = Table("task", "name", "demos", "attempts", "success", "mean steps", "time", "note", title=suite)
+    columns = ("task", "name", "demos", "attempts", "success", "mean steps", "time", "note")
+    table = Table(*columns, title=f"scripted expert: {suite}")
     table.columns[1].overflow = table.columns[7].overflow = "fold"  # long task names stay readable
     for r in reports:
         if r.skipped:
@@ -112,7 +113,7 @@ def results_table(suite: str, reports: list[TaskReport]) -> Table:
     table.add_section()
     table.add_row(
         "all",
-        f"{len(tried)} tasks attempted" + (f", {skipped} skipped" if skipped else ""),
+        f"{_tasks(len(tried))} attempted" + (f", {skipped} skipped" if skipped else ""),
         str(successes),
         str(attempts),
         f"{successes / attempts:.0%}" if attempts else "-",
@@ -121,3 +122,7 @@ def results_table(suite: str, reports: list[TaskReport]) -> Table:
         "",
     )
     return table
+
+
+def _tasks(n: int) -> str:
+    return f"{n} task" if n == 1 else f"{n} tasks"

@@ -12,6 +12,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from vla import ids
 from vla.errors import VlaError
 
 
@@ -67,16 +68,4 @@ def derive_seed(seed: int, episode_id: str) -> int:
 
 def parse_ids(text: str) -> list[int]:
     """'0-9' / '0,3,5-7' -> ids in the given order, without repeats."""
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, sep, hi = part.partition("-")
-        try:
-            out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
-        except ValueError:
-            raise EvalError(f"cannot read ids from {text!r}; write them like '0-9' or '0,3,5-7'") from None
-    if not out:
-        raise EvalError(f"no ids in {text!r}")
-    return list(dict.fromkeys(out))
+    return ids.parse_ids(text, EvalError)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vla import ids
 from vla.datasets.convert.libero import LIBERO_FILE_SUFFIX
 from vla.datasets.fixtures.libero_hdf5 import LiberoHdf5Writer
 from vla.sim.base import SimError
@@ -67,20 +68,8 @@ class TaskReport:
 
 
 def parse_ids(text: str) -> list[int]:
-    """'0-39' / '0,3,5-7' -> ids, in the given order."""
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, sep, hi = part.partition("-")
-        try:
-            out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
-        except ValueError:
-            raise SimError(f"cannot read ids from {text!r}; write them like '0-39' or '0,3,5-7'") from None
-    if not out:
-        raise SimError(f"no ids in {text!r}")
-    return out
+    """'0-9' / '0,3,5-7' -> ids in the given order, without repeats."""
+    return ids.parse_ids(text, SimError)
 
 
 def rollout(env: LiberoEnv, expert: PickPlaceExpert, init_state_id: int) -> Rollout:

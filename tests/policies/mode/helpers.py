@@ -72,11 +72,3 @@ def sharpen_routers(policy: MoDEPolicy, std: float = 1.0, seed: int = 0) -> None
         for module in modules:
             for name, p in module.named_parameters():
                 p.copy_(torch.zeros_like(p) if name.endswith("bias") else torch.randn(p.shape, generator=g) * std)
-
-
-def one_thread():
-    """Fixture body: one intra-op thread (the CI box is shared and OpenMP spin-waits hurt)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.policies.mode.helpers import CAM_A, CAM_B, make_batch, make_policy, one_thread, sharpen_routers, tiny_config
-
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+from tests.policies.mode.helpers import CAM_A, CAM_B, make_batch, make_policy, sharpen_routers, tiny_config
 
 
 @pytest.fixture

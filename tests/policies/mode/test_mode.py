@@ -12,7 +12,6 @@ from tests.policies.mode.helpers import (
     CAM_B,
     make_batch,
     make_policy,
-    one_thread,
     stats_for,
     tiny_config,
 )
@@ -21,9 +20,6 @@ from vla.policies import make_policy as registry_make_policy
 from vla.policies.base import NORMALIZATION_FILE, Policy
 from vla.policies.mode import MoDEConfig, MoDEPolicy
 from vla.policies.modules.moe import MoELayer, SwiGLU
-
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
-
 
 # --- config and presets ------------------------------------------------------------------------------
 
