@@ -38,6 +38,15 @@ def libero(
     image_size: Annotated[int | None, typer.Option(help="Render size (default: checkpoint data, else preset).")] = None,
     videos: Annotated[int, typer.Option(help="MP4 videos to keep, failures first (renders agentview).")] = 0,
     device: Annotated[str, typer.Option(help="Torch device of the policy.")] = "cpu",
+    dynamic_horizon: Annotated[
+        float | None,
+        typer.Option(
+            "--dynamic-horizon",
+            metavar="RATIO",
+            help="Mixture-of-horizons checkpoints: dynamic inference, executing steps while the horizons' "
+            "disagreement stays below RATIO x that of the first steps (the paper sweeps 1.1-1.4).",
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out (else start over).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with the running success rate.")] = True,
 ) -> None:
@@ -61,6 +70,7 @@ def libero(
         policy_in_workers=policy_in_workers,
         videos=videos,
         device=device,
+        dynamic_horizon=dynamic_horizon,
         resume=resume,
     )
     summary = evaluate_libero(config, progress=progress)

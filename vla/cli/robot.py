@@ -1,8 +1,14 @@
-"""`vla robot`, `vla deploy`, `vla serve`: real arms without ROS (being built)."""
+"""`vla robot`, `vla deploy`, `vla serve`: real arms without ROS. Thin: parse, call one library function, print."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from vla.errors import VlaError
 
 app = typer.Typer(help="Real arms: calibration, teleoperation and arm description files.", no_args_is_help=True)
 
@@ -12,11 +18,102 @@ def _group() -> None:
     """Real arms: calibration, teleoperation and arm description files."""
 
 
-def deploy() -> None:
-    """Run a policy on a real arm (not implemented yet)."""
-    raise typer.Exit(2)
+def _print_reports(reports: list) -> None:
+    for i, r in enumerate(reports):
+        p50, p99 = r.jitter_ms()
+        typer.echo(
+            f"episode {i}: {r.ended}, {r.ticks} ticks, fresh {r.fresh_ratio:.1%}, jitter p50 {p50:.1f} ms "
+            f"p99 {p99:.1f} ms"
+        )
+        if r.events:
+            typer.echo("  interventions: " + ", ".join(f"{k}={v}" for k, v in sorted(r.events.items())))
 
 
-def serve() -> None:
-    """Serve a checkpoint to remote deploy loops (not implemented yet)."""
-    raise typer.Exit(2)
+@app.command("calibrate")
+def calibrate_cmd(
+    arm: Annotated[str, typer.Option("--arm", help="arm file (or built-in name: so101, koch) to start from")],
+    out: Annotated[Path, typer.Option("--out", help="where to write the calibrated arm file (.yaml or .json)")],
+    port: str | None = typer.Option(None, help="serial port (default: the arm file's)"),
+    sweep_s: float = typer.Option(10.0, help="seconds to sample while you move every joint"),
+) -> None:
+    """Record the zero pose and joint ranges of a servo arm and write its arm file."""
+    from vla.real_robot.arm import load_arm, save_arm
+    from vla.real_robot.calibrate import calibrate
+
+    spec = load_arm(arm)
+    if spec.driver not in ("feetech", "dynamixel"):
+        raise VlaError(f"{spec.name}: only servo arms are calibrated here (the Franka calibrates itself)")
+    result = calibrate(spec, port=port, prompt=lambda msg: typer.prompt(msg, default="", show_default=False),
+                       sweep_s=sweep_s)  # fmt: skip
+    save_arm(result, out)
+    typer.echo(f"wrote {out}")
+
+
+@app.command("teleop")
+def teleop_cmd(
+    robot: str = typer.Option(..., "--robot", help="follower arm file"),
+    leader: str = typer.Option(..., "--leader", help="leader arm file (moved by hand, torque off)"),
+    leader_port: str | None = typer.Option(None, help="leader's serial port (default: its arm file's)"),
+    record: str | None = typer.Option(None, "--record", help="store to write the demonstrations into"),
+    task: str = typer.Option("", help="language instruction saved with each episode"),
+    episodes: int = typer.Option(1),
+    seconds: float = typer.Option(30.0, help="length of each episode"),
+    camera: Annotated[list[str] | None, typer.Option("--camera", help="NAME=INDEX_OR_FILE, repeatable")] = None,
+) -> None:
+    """Drive a follower servo arm from a hand-moved leader arm and record demonstrations."""
+    from vla.real_robot.deploy import DeployOptions, deploy
+
+    opts = DeployOptions(robot=robot, leader=leader, leader_port=leader_port, record=record, task=task,
+                         episodes=episodes, seconds=seconds, cameras=list(camera or []))  # fmt: skip
+    _print_reports(deploy(opts))
+
+
+def deploy(
+    robot: str = typer.Option(..., "--robot", help="arm file (or built-in name: so101, koch, fr3)"),
+    policy: str | None = typer.Option(None, "--policy", help="checkpoint directory"),
+    server: str | None = typer.Option(None, "--server", help="HOST:PORT of a `vla serve`"),
+    token: str | None = typer.Option(None, "--token", envvar="VLA_SERVE_TOKEN"),
+    camera: Annotated[list[str] | None, typer.Option("--camera", help="NAME=INDEX_OR_FILE, repeatable")] = None,
+    fps: float | None = typer.Option(None, "--fps", help="control rate (default: the arm file's)"),
+    merge: str = typer.Option("replace", "--merge", help="chunk merging: replace | ensemble"),
+    ensemble_k: float = typer.Option(0.1, help="temporal-ensembling weight decay"),
+    record: str | None = typer.Option(None, "--record", help="store to write the executed episodes into"),
+    task: str = typer.Option("", "--task", help="language instruction"),
+    episodes: int = typer.Option(1),
+    seconds: float = typer.Option(30.0, help="length of each episode"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="rehearse against the emulator / simulator"),
+    port: str | None = typer.Option(None, help="serial port or host (default: the arm file's)"),
+    device: str = typer.Option("cpu", help="torch device for --policy"),
+    verbose: bool = typer.Option(False, "-v", help="log every intervention"),
+) -> None:
+    """Run a policy on an arm: fixed-rate loop, async inference, safety layer, optional recording."""
+    from vla.real_robot.deploy import DeployOptions
+    from vla.real_robot.deploy import deploy as run_deploy
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
+    opts = DeployOptions(robot=robot, policy=policy, server=server, token=token, cameras=list(camera or []), fps=fps,
+                         merge=merge, ensemble_k=ensemble_k, record=record, task=task, episodes=episodes,
+                         seconds=seconds, dry_run=dry_run, port=port, device=device)  # fmt: skip
+    _print_reports(run_deploy(opts))
+
+
+def serve(
+    policy: str = typer.Option(..., "--policy", help="checkpoint directory"),
+    host: str = typer.Option("127.0.0.1", help="address to bind; anything but loopback needs --token"),
+    port: int = typer.Option(8765),
+    token: str | None = typer.Option(None, "--token", envvar="VLA_SERVE_TOKEN"),
+    max_batch: int = typer.Option(8, help="most requests answered by one forward pass"),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """Serve a checkpoint to remote deploy loops."""
+    from vla.real_robot.planners import PolicyPlanner
+    from vla.real_robot.server.server import PolicyServer
+
+    try:
+        server = PolicyServer(PolicyPlanner(policy, device=device), host=host, port=port, token=token,
+                              max_batch=max_batch)  # fmt: skip
+    except ValueError as e:
+        raise VlaError(str(e)) from None
+    server.planner.warmup()
+    typer.echo(f"serving {policy} on {server.address[0]}:{server.address[1]}")
+    server.serve_forever()

@@ -26,6 +26,22 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def moh_settings(policy: str, horizons: str | None = None) -> dict[str, Any]:
+    """The config overrides of `--moh` / `--horizons` (MoDE is the policy with a mixture of horizons)."""
+    from vla.policies.modules.horizons import DEFAULT_HORIZONS, parse_horizons
+    from vla.train.config import TrainError
+
+    if policy != "mode":
+        raise TrainError(f"--moh: the mixture of horizons is built for the 'mode' policy, not {policy!r}")
+    from vla.policies.mode.configuration_mode import moh_overrides
+
+    try:
+        hs = parse_horizons(horizons) if horizons else DEFAULT_HORIZONS
+    except ValueError as e:
+        raise TrainError(f"--horizons: {e}") from None
+    return moh_overrides(hs)
+
+
 def train(
     data: Annotated[list[Path], typer.Option("--data", help="A store to train on; repeat for a mixture.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints/, last -> newest checkpoint, metrics.jsonl.")],
@@ -54,6 +70,18 @@ def train(
     mixed_precision: Annotated[str, typer.Option(help="no | fp16 | bf16 (GPU only).")] = "no",
     cpu: Annotated[bool, typer.Option(help="Train on the CPU even if a GPU is present.")] = False,
     image_size: Annotated[int | None, typer.Option(help="Resize cameras to this square size in the loader.")] = None,
+    moh: Annotated[
+        bool,
+        typer.Option(
+            "--moh",
+            help="Mixture of Horizons: predict horizons 3..30 (step 3) in one pass and fuse them "
+            "(sets horizons, action_attention=full and chunk_size=max(horizons)).",
+        ),
+    ] = False,
+    horizons: Annotated[
+        str | None,
+        typer.Option(help="Mixture-of-horizons horizon set, e.g. '3-30:3' or '5,10,20' (implies --moh)."),
+    ] = None,
 ) -> None:
     """Train a policy on one or more stores (mixtures through the sampler); runs under
     `accelerate launch` / torchrun unchanged for several GPUs.
@@ -85,7 +113,10 @@ def train(
         save_every=save_every,
         image_size=(image_size, image_size) if image_size else None,
     )
-    result = run_training(policy, tc, preset=preset, overrides=parse_overrides(set_ or []), resume=resume)
+    overrides = parse_overrides(set_ or [])
+    if moh or horizons:
+        overrides = {**moh_settings(policy, horizons), **overrides}
+    result = run_training(policy, tc, preset=preset, overrides=overrides, resume=resume)
     table = Table("", "", title=f"vla train: {policy} ({preset})")
     table.add_row("steps", str(result.steps))
     table.add_row(

@@ -25,7 +25,7 @@ import numpy as np
 
 from vla.eval.episodes import EpisodeResult, EpisodeSpec, EvalError, derive_seed
 from vla.eval.fit import check_policy_fits
-from vla.eval.planners import PlannerSpec, PolicyPlanner, load_data_spec
+from vla.eval.planners import PlannerSpec, PolicyPlanner, load_data_spec, policy_decides_horizon
 from vla.eval.report import VIDEO_DIR, VideoKeeper, summary_table, write_report
 from vla.eval.results import ResultsLog, group_rates, write_summary
 from vla.eval.runner import RunStats, run_episodes
@@ -139,8 +139,10 @@ class LiberoEvalConfig:
     image_orientation: str | None = None  # "upright" | "rotated_180"
     workers: int = 1
     policy_in_workers: bool = False  # each worker loads its own policy (default: one batched policy)
-    videos: int = 0  # MP4s kept, failures first (renders the agentview camera)
+    videos: int = 0  # MP4s kept, failures first (the agentview camera, rendered from saved states)
+    video_size: int | None = None  # default: the env's image size, at most 128
     device: str = "cpu"
+    dynamic_horizon: float | None = None  # MoH policies: dynamic inference with this threshold ratio
     resume: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # recorded as-is (e.g. who launched it)
 
@@ -203,6 +205,8 @@ def prepare(config: LiberoEvalConfig) -> PreparedEval:
     init_ids = select_init_states(preset, config.trials_per_task, config.init_states, n_states)
     if config.workers < 1:
         raise EvalError(f"--workers must be >= 1, got {config.workers}")
+    if config.dynamic_horizon is not None and config.policy == "random":
+        raise EvalError("--dynamic-horizon needs a mixture-of-horizons checkpoint, not the random policy")
 
     policy_config, data_spec, planner = None, None, None
     if config.policy != "random":
@@ -211,7 +215,7 @@ def prepare(config: LiberoEvalConfig) -> PreparedEval:
         data_spec = load_data_spec(config.policy)
     replan = config.replan_steps or preset.replan_steps
 
-    cameras = _cameras(policy_config, config.videos)
+    cameras = _cameras(policy_config)
     image_size, orientation, decided_by = _image_settings(config, preset, data_spec, policy_config)
     max_steps = config.max_steps or preset.max_steps[config.suite]
     env_spec = libero_spec(cameras, (image_size, image_size), orientation)  # no simulator needed to check
@@ -241,7 +245,9 @@ def prepare(config: LiberoEvalConfig) -> PreparedEval:
     )
     low = [d.low if d.low is not None else -1.0 for d in env_spec.action]
     high = [d.high if d.high is not None else 1.0 for d in env_spec.action]
-    planner_spec = PlannerSpec(config.policy, replan, tuple(low), tuple(high), config.device, config.seed)
+    planner_spec = PlannerSpec(
+        config.policy, replan, tuple(low), tuple(high), config.device, config.seed, config.dynamic_horizon
+    )
     if config.policy == "random":
         planner = planner_spec.build()
     env_seed = {"fixed": preset.env_seed, "run": config.seed, "none": None}[preset.seed_mode]
@@ -259,7 +265,8 @@ def prepare(config: LiberoEvalConfig) -> PreparedEval:
         "settle_action": list(preset.settle_action),
         "max_steps": max_steps,
         "max_steps_source": "--max-steps" if config.max_steps else f"preset {preset.name}",
-        "replan_steps": "policy-decided" if hasattr(getattr(planner, "policy", None), "predict_plan") else replan,
+        "replan_steps": "policy-decided" if policy_decides_horizon(getattr(planner, "policy", None)) else replan,
+        "dynamic_horizon": config.dynamic_horizon,
         "replan_note": replan_note,
         "cameras": list(cameras),
         "image_size": image_size,
@@ -335,19 +342,44 @@ def _load_policy_planner(config: LiberoEvalConfig) -> PolicyPlanner:
     path = Path(config.policy)
     if not path.is_dir():
         raise EvalError(f"--policy {config.policy!r}: not a checkpoint directory (or 'random')")
-    planner = PlannerSpec(config.policy, device=config.device, seed=config.seed).build()
+    planner = PlannerSpec(
+        config.policy, device=config.device, seed=config.seed, dynamic_horizon=config.dynamic_horizon
+    ).build()
     assert isinstance(planner, PolicyPlanner)
     return planner
 
 
-def _cameras(policy_config: Any, videos: int) -> tuple[str, ...]:
-    """LIBERO cameras to render: those the policy reads (unknown ones are reported by the fit check)."""
+def _cameras(policy_config: Any) -> tuple[str, ...]:
+    """LIBERO cameras to render: those the policy reads (unknown ones are reported by the fit check).
+    Videos do not add one: they are rendered afterwards from saved states (see `VideoRenderer`)."""
     prefix = "observation.images."
     wanted = [k[len(prefix) :] for k in getattr(policy_config, "camera_keys", ()) if k.startswith(prefix)]
-    cams = [c for c in wanted if c in CAMERAS]
-    if videos > 0 and VIDEO_CAMERA not in cams:
-        cams.append(VIDEO_CAMERA)
-    return tuple(cams)
+    return tuple(c for c in wanted if c in CAMERAS)
+
+
+class VideoRenderer:
+    """Renders kept episodes from their per-step simulator states with one camera env per task,
+    built only when a video is wanted (most episodes never pay for rendering)."""
+
+    def __init__(self, factory: LiberoEnvFactory, size: int):
+        self.factory, self.size = factory, size
+        self._env: LiberoEnv | None = None
+        self._task: int | None = None
+
+    def render(self, task_id: int, states: np.ndarray) -> np.ndarray:
+        if self._env is None or self._task != task_id:
+            self.close()
+            f = self.factory
+            self._env = LiberoEnv(
+                f.suite, task_id, cameras=(VIDEO_CAMERA,), image_size=self.size, max_steps=f.max_steps
+            )
+            self._task = task_id
+        return self._env.render_states(states, VIDEO_CAMERA)  # upright: videos are for people
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+        self._env = self._task = None
 
 
 def _image_settings(
@@ -387,14 +419,13 @@ def evaluate_libero(config: LiberoEvalConfig, progress: bool = True) -> dict[str
     if done_before and progress:
         tqdm.write(f"resuming: {done_before} of {len(plan.episodes)} episodes already in {log.path}")
     ok_before = sum(1 for e in plan.episodes if log.records.get(e.episode_id, {}).get("success"))
-    video_key = f"observation.images.{VIDEO_CAMERA}" if config.videos > 0 else None
-    flip_video = plan.factory.image_orientation == "rotated_180"  # videos are always upright
+    renderer = VideoRenderer(plan.factory, config.video_size or min(plan.factory.image_size, 128))
     bar = tqdm(total=len(plan.episodes), initial=done_before, desc=config.suite, disable=not progress, unit="ep")
 
-    def on_result(result: EpisodeResult, frames: np.ndarray | None, stats: RunStats) -> None:
+    def on_result(result: EpisodeResult, states: np.ndarray | None, stats: RunStats) -> None:
         log.append(result)
-        if frames is not None:
-            keeper.offer(result, frames[:, ::-1, ::-1] if flip_video else frames)
+        if states is not None and keeper.wants(result.success):
+            keeper.offer(result, renderer.render(result.task_id, states))
         successes = ok_before + stats.successes
         bar.update(1)
         bar.set_postfix(
@@ -407,16 +438,17 @@ def evaluate_libero(config: LiberoEvalConfig, progress: bool = True) -> dict[str
     try:
         stats = run_episodes(
             todo,
-            SlotConfig(plan.factory, plan.n_obs, plan.obs_keys, video_key),
+            SlotConfig(plan.factory, plan.n_obs, plan.obs_keys, record_states=config.videos > 0),
             plan.planner_spec,
             planner=plan.planner,
             workers=config.workers,
             policy_in_workers=config.policy_in_workers,
             on_result=on_result,
-            record=lambda spec: keeper.wants(),
+            record=lambda spec: keeper.limit > 0,
         )
     finally:
         bar.close()
+        renderer.close()
     summary = summarize(plan, log, stats, time.perf_counter() - t0, done_before, keeper.files())
     write_summary(out, summary)
     summary["report"] = str(write_report(out, summary))

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from vla.datasets.spec import StoreSpec
+from vla.errors import VlaError
+from vla.eval.episodes import EvalError
 
 DATA_SPEC_FILE = "data_spec.json"  # the training store's StoreSpec, written next to a checkpoint
 
@@ -69,11 +71,20 @@ class PolicyPlanner:
 
     The harness keeps the per-environment observation histories and action queues (the policy's own
     single queue would mix environments), so only `predict_chunk` is called, on the stacked rows.
-    A policy that picks its own horizon implements `predict_plan(batch) -> (chunk, n_exec)` instead.
+    A policy that picks its own horizon implements `predict_plan(batch) -> (chunk, n_exec)` instead
+    (and, if it only does so in some settings, `decides_horizon` says when). `dynamic_horizon`: the
+    threshold ratio of a Mixture-of-Horizons policy's dynamic inference (`set_dynamic_horizon`).
     """
 
-    def __init__(self, policy: Any, replan_steps: int | None = None):
+    def __init__(self, policy: Any, replan_steps: int | None = None, dynamic_horizon: float | None = None):
         self.policy = policy.eval()
+        if dynamic_horizon is not None:
+            if not hasattr(policy, "set_dynamic_horizon"):
+                raise EvalError(f"--dynamic-horizon: a {policy.config.name!r} policy has no mixture of horizons")
+            try:
+                policy.set_dynamic_horizon(float(dynamic_horizon))
+            except VlaError as e:
+                raise EvalError(f"--dynamic-horizon {dynamic_horizon}: {e}") from None
         cfg = policy.config
         self.n_obs = cfg.n_obs
         self.obs_keys = (*cfg.camera_keys, *(["observation.state"] if cfg.state_dim is not None else []))
@@ -85,7 +96,7 @@ class PolicyPlanner:
 
         inputs = self._to_torch(batch)
         with torch.no_grad():
-            if hasattr(self.policy, "predict_plan"):
+            if self.decides_horizon:
                 chunk, n_exec = self.policy.predict_plan(inputs)
                 n = np.asarray(torch.as_tensor(n_exec).cpu(), np.int64).reshape(-1)
             else:
@@ -93,6 +104,10 @@ class PolicyPlanner:
                 n = np.full(chunk.shape[0], self.replan_steps)
         actions = chunk.detach().float().cpu().numpy().astype(np.float64)
         return Plan(actions, np.clip(n, 1, actions.shape[1]))
+
+    @property
+    def decides_horizon(self) -> bool:
+        return policy_decides_horizon(self.policy)
 
     def _to_torch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         import torch
@@ -114,7 +129,8 @@ class PolicyPlanner:
             "type": cfg.name,
             "chunk_size": cfg.chunk_size,
             "n_obs": cfg.n_obs,
-            "replan_steps": "policy-decided" if hasattr(self.policy, "predict_plan") else self.replan_steps,
+            "replan_steps": "policy-decided" if self.decides_horizon else self.replan_steps,
+            **({"dynamic_horizon": cfg.dynamic_ratio} if getattr(cfg, "dynamic_ratio", None) is not None else {}),
             "parameters": int(sum(p.numel() for p in self.policy.parameters())),
         }
 
@@ -129,6 +145,7 @@ class PlannerSpec:
     action_high: tuple[float, ...] = ()
     device: str = "cpu"
     seed: int = 0
+    dynamic_horizon: float | None = None  # MoH dynamic inference threshold ratio (None: off)
 
     @property
     def is_random(self) -> bool:
@@ -142,7 +159,13 @@ class PlannerSpec:
         from vla.policies.base import Policy
 
         torch.manual_seed(self.seed)
-        return PolicyPlanner(Policy.from_pretrained(self.policy, map_location=self.device), self.replan_steps)
+        policy = Policy.from_pretrained(self.policy, map_location=self.device)
+        return PolicyPlanner(policy, self.replan_steps, self.dynamic_horizon)
+
+
+def policy_decides_horizon(policy: Any) -> bool:
+    """Whether a policy chooses how many actions of each chunk to execute (`predict_plan`)."""
+    return hasattr(policy, "predict_plan") and bool(getattr(policy, "decides_horizon", True))
 
 
 def load_data_spec(checkpoint: str | Path) -> StoreSpec | None:

@@ -81,8 +81,8 @@ def run_episodes(
 
     `planner`: an already built central planner (default: built from `planner_spec`, which worker
     processes use when `policy_in_workers`). `processes`: spawn worker processes (default: when
-    `workers > 1`; one in-process worker otherwise). `record(spec)`: whether to keep the frames of
-    the slot config's video camera for that episode.
+    `workers > 1`; one in-process worker otherwise). `record(spec)`: whether to keep that episode's simulator
+    states (handed to `on_result`, e.g. to render a video of it).
     """
     if workers < 1:
         raise EvalError(f"workers must be >= 1, got {workers}")
@@ -139,7 +139,7 @@ def run_episodes(
                     stats.policy_calls += result.policy_calls
                 stats.wall_s = time.perf_counter() - t0
                 if on_result is not None:
-                    on_result(result, reply.frames, stats)
+                    on_result(result, reply.states, stats)
                 start_next(i)
             if planning:
                 assert central is not None

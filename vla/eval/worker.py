@@ -38,7 +38,7 @@ class Reply:
     language: str = ""
     plan_index: int = 0
     result: EpisodeResult | None = None  # "done"
-    frames: np.ndarray | None = None  # "done" with recording: (T, H, W, 3) uint8
+    states: np.ndarray | None = None  # "done" with recording: (T, D) simulator states, one per frame
     error: str = ""  # "fatal"
 
 
@@ -47,7 +47,9 @@ class SlotConfig:
     env_factory: EnvFactory
     n_obs: int
     obs_keys: tuple[str, ...]
-    video_key: str | None = None  # camera recorded when an episode asks for it
+    # Recording keeps the simulator state per step (cheap); the videos worth keeping are rendered
+    # from them afterwards, so no episode pays for a camera it does not observe.
+    record_states: bool = False
 
 
 class EpisodeSlot:
@@ -60,10 +62,10 @@ class EpisodeSlot:
 
     # --- the conversation ---------------------------------------------------------------------
     def start(self, spec: EpisodeSpec, record: bool = False) -> Reply:
-        self.spec, self.record = spec, record and self.config.video_key is not None
+        self.spec, self.record = spec, record and self.config.record_states
         self.t0 = time.perf_counter()
         self.steps = self.calls = self.executed = self.discarded = 0
-        self.frames: list[np.ndarray] = []
+        self.states: list[np.ndarray] = []
         self.language = ""
         try:
             env = self._env_for(spec)
@@ -76,7 +78,7 @@ class EpisodeSlot:
         except Exception as e:  # openpi's rule: an exception during an episode is a failure
             return self._done(False, e)
         self.history = {k: deque([obs[k]] * self.config.n_obs, maxlen=self.config.n_obs) for k in self.config.obs_keys}
-        self._keep_frame(obs)
+        self._keep_state(env)
         return self._plan_request()
 
     def act(self, actions: np.ndarray, n_exec: int) -> Reply:
@@ -93,7 +95,7 @@ class EpisodeSlot:
             self.executed += 1
             for k, frames in self.history.items():
                 frames.append(result.obs[k])
-            self._keep_frame(result.obs)
+            self._keep_state(self.env)
             if result.success or self.steps >= self.env.max_steps:
                 self.discarded += n - i - 1
                 return self._done(result.success)
@@ -107,9 +109,11 @@ class EpisodeSlot:
             self.env_key = spec.env_key
         return self.env
 
-    def _keep_frame(self, obs: dict[str, np.ndarray]) -> None:
+    def _keep_state(self, env: SimEnv) -> None:
         if self.record:
-            self.frames.append(obs[self.config.video_key])
+            state = env.sim_state()
+            if state is not None:
+                self.states.append(state)
 
     def _plan_request(self) -> Reply:
         history = {k: np.stack(list(v)) for k, v in self.history.items()}
@@ -135,9 +139,9 @@ class EpisodeSlot:
             error=None if error is None else f"{type(error).__name__}: {error}",
             meta=dict(spec.meta),
         )
-        frames = np.stack(self.frames) if self.record and self.frames else None
-        self.frames = []
-        return Reply("done", result=result, frames=frames)
+        states = np.stack(self.states) if self.record and self.states else None
+        self.states = []
+        return Reply("done", result=result, states=states)
 
     def close(self) -> None:
         env, self.env, self.env_key = self.env, None, None

@@ -1,4 +1,5 @@
-"""Real arms without ROS: robot interface, drivers, cameras, safety layer, control loop, policy server.
+"""Real arms without ROS: arm files, drivers, cameras, safety, the control loop and the policy server.
 
-This layer must not import the training stack (torch models, trainers).
+Nothing here imports the training stack; torch is imported only where a policy is loaded
+(`planners.PolicyPlanner`, `server.server`).
 """

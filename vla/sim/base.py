@@ -65,6 +65,10 @@ class SimEnv(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def sim_state(self) -> np.ndarray | None:
+        """The full simulator state (to re-render an episode afterwards); None if the env has none."""
+        return None
+
     def obs_keys(self) -> dict[str, KeySpec]:
         return obs_keys(self.spec)
 

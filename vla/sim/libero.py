@@ -375,6 +375,20 @@ class LiberoEnv(SimEnv):
         """The flattened MuJoCo state (what LIBERO's `states` arrays and init states hold)."""
         return np.array(self._env.get_sim_state())
 
+    def render_states(self, states: np.ndarray, camera: str = "agentview") -> np.ndarray:
+        """Frames (T, H, W, 3) of `camera` for saved simulator states, in this env's orientation.
+
+        Re-rendering afterwards is how evaluation makes videos cheaply: episodes run without a
+        renderer, record `sim_state()` per step, and only the episodes worth keeping are drawn."""
+        if camera not in self.cameras:
+            raise SimError(f"this environment renders {self.cameras or 'no cameras'}; build it with {camera!r}")
+        self._claim_render_context()
+        frames = []
+        for state in states:
+            raw = self._env.regenerate_obs_from_state(np.asarray(state))
+            frames.append(self.frame(raw[f"{CAMERAS[camera]}_image"]))
+        return np.stack(frames)
+
     def model_xml(self) -> str:
         return self.robosuite_env.sim.model.get_xml()
 

@@ -4,6 +4,12 @@ Defaults are the paper's values (see docs in /work/shared/reference/policies.md,
 `from_preset("paper")` is exactly the defaults, `from_preset("cpu")` a small model for tests and
 laptops. `use_moe=False` gives the dense diffusion-transformer baseline from the same code (each
 sparse MoE FFN replaced by one SwiGLU FFN of the same per-expert width).
+
+Mixture of Horizons (policies.md section 3): `horizons=(3, 6, ..., 30)` predicts every horizon in one
+pass of the shared denoiser and fuses the denoiser outputs at every sampling step; it needs
+`action_attention="full"` (with causal attention a step's output would not depend on the horizon)
+and `chunk_size == max(horizons)`. `dynamic_ratio` turns on dynamic inference (the policy picks how
+many steps of each chunk to execute, `predict_plan`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any, ClassVar
 
 from vla.policies.base import PolicyConfig, PolicyError
 from vla.policies.modules.diffusion import SIGMA_SCHEDULES, EDMSettings
+from vla.policies.modules.horizons import ACTION_ATTENTION, DEFAULT_HORIZONS, check_horizons
 from vla.policies.modules.language import LANGUAGE_ENCODERS
 from vla.policies.modules.vision import NORMS
 
@@ -31,6 +38,9 @@ class MoDEConfig(PolicyConfig):
     attn_dropout: float = 0.3
     resid_dropout: float = 0.0
     qk_norm: bool = True  # RMSNorm on queries and keys, as the authors' attention
+    # among action tokens: causal (the paper: the whole sequence is causal) | full (context tokens
+    # stay causal among themselves and never see action tokens; action tokens see all context)
+    action_attention: str = "causal"
     # --- mixture of experts ---
     use_moe: bool = True  # False: dense baseline, one SwiGLU FFN per layer
     n_experts: int = 4
@@ -59,6 +69,15 @@ class MoDEConfig(PolicyConfig):
     rho: float = 7.0
     train_noise_scale: float = 0.5  # log-logistic scale of training log-sigmas (location log(sigma_data))
     num_sampling_steps: int = 10
+    # --- mixture of horizons (None: off) ---
+    horizons: tuple[int, ...] | None = None  # e.g. MOH_HORIZONS = (3, 6, ..., 30); chunk_size = max
+    moh_gate_noise: bool = True  # learned-std Gaussian noise on the gate logits in training
+    moh_horizon_loss_weight: float = 1.0  # weight of the summed per-horizon losses
+    moh_balance_weight: float = 1e-3  # squared coefficient of variation of horizon usage
+    dynamic_ratio: float | None = None  # dynamic inference threshold ratio r (None: execute n_action_steps)
+    dynamic_window: int = 5  # threshold = mean disagreement of the first `dynamic_window` steps * r
+    dynamic_min_steps: int = 5  # always execute at least this many steps
+    dynamic_stop_cover: int = 5  # stop at a step covered by this many horizons or fewer
     # --- optimiser (read by the trainer; the authors' LIBERO settings) ---
     optimizer_lr: float = 1e-4
     optimizer_betas: tuple[float, float] = (0.9, 0.95)
@@ -85,6 +104,33 @@ class MoDEConfig(PolicyConfig):
             problems.append("vision_weights needs one path per camera")
         if self.num_sampling_steps < 1:
             problems.append("num_sampling_steps must be >= 1")
+        if self.action_attention not in ACTION_ATTENTION:
+            problems.append(f"action_attention {self.action_attention!r} not in {ACTION_ATTENTION}")
+        if self.horizons is not None:
+            try:
+                check_horizons(self.horizons)
+            except ValueError as e:
+                problems.append(str(e))
+            else:
+                if tuple(sorted(self.horizons)) != tuple(self.horizons):
+                    problems.append(f"horizons must be in increasing order, got {self.horizons}")
+                if max(self.horizons) != self.chunk_size:
+                    problems.append(
+                        f"with a mixture of horizons chunk_size must be max(horizons) = {max(self.horizons)}, "
+                        f"got {self.chunk_size}"
+                    )
+                if len(self.horizons) > 1 and self.action_attention != "full":
+                    problems.append(
+                        "a mixture of horizons needs action_attention='full' (with causal attention every "
+                        "horizon predicts the same step alike)"
+                    )
+        if self.dynamic_ratio is not None:
+            if self.horizons is None:
+                problems.append("dynamic_ratio needs a mixture of horizons (set horizons)")
+            if self.dynamic_ratio <= 0:
+                problems.append(f"dynamic_ratio must be > 0, got {self.dynamic_ratio}")
+        if min(self.dynamic_window, self.dynamic_min_steps) < 1 or self.dynamic_stop_cover < 0:
+            problems.append("dynamic_window and dynamic_min_steps must be >= 1, dynamic_stop_cover >= 0")
         if problems:
             raise PolicyError("invalid MoDE config: " + "; ".join(problems))
 
@@ -100,6 +146,11 @@ class MoDEConfig(PolicyConfig):
         )
 
     @property
+    def n_context_tokens(self) -> int:
+        """noise token + goal token + observation tokens: what precedes the action tokens."""
+        return 2 + self.n_obs_tokens
+
+    @property
     def n_obs_tokens(self) -> int:
         return self.n_obs * (len(self.camera_keys) + (1 if self.state_dim is not None else 0))
 
@@ -113,6 +164,15 @@ class MoDEConfig(PolicyConfig):
         if self.goal_type == "image":
             out[self.goal_image_key] = None
         return out
+
+
+MOH_HORIZONS = DEFAULT_HORIZONS  # the released MoH scripts' horizons, 3..30 step 3
+
+
+def moh_overrides(horizons: tuple[int, ...] = MOH_HORIZONS) -> dict[str, Any]:
+    """Config overrides that turn a MoDE config into its mixture-of-horizons version."""
+    hs = tuple(sorted(horizons))
+    return {"horizons": hs, "action_attention": "full", "chunk_size": max(hs)}
 
 
 MoDEConfig.presets.update(

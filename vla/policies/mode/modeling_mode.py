@@ -11,6 +11,11 @@ Token sequence (causal attention, learned positions):
 - action tokens: the noisy, EDM-scaled action chunk; their outputs are the denoiser's output.
 Observation frames before an episode start are copies of its first frame (that is how the sampler
 pads), so `observation_is_pad` needs no attention mask.
+`action_attention="full"` keeps the context causal and lets every action token see all action tokens
+(a block mask). With `horizons` set (Mixture of Horizons, vla.policies.modules.horizons), every
+horizon's segment of action tokens goes through the denoiser in the same pass, and the denoiser
+outputs of the horizons are fused by the gate at every sampling step; `predict_plan` adds dynamic
+inference (how many steps of each chunk to execute) when `dynamic_ratio` is set.
 Each block: x = x + Attn(Norm(x) + c); x = x + FFN(Norm(x)), with FFN a sparse MoE of SwiGLU experts
 (top-k of n, sampled in training, deterministic in eval, load-balancing loss) or, with
 `use_moe=False`, one dense SwiGLU (the baseline).
@@ -19,6 +24,7 @@ Each block: x = x + Attn(Norm(x) + c); x = x + FFN(Norm(x)), with FFN a sparse M
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +35,14 @@ from vla.policies.base import Policy, PolicyError, register_policy
 from vla.policies.mode.caching import ExpertCache, build_expert_cache, schedule_key
 from vla.policies.mode.configuration_mode import MoDEConfig
 from vla.policies.modules.diffusion import EDM
+from vla.policies.modules.horizons import (
+    HorizonLayout,
+    HorizonOutput,
+    MixtureOfHorizons,
+    disagreement,
+    dynamic_horizon,
+    mixture_loss,
+)
 from vla.policies.modules.language import get_language_encoder
 from vla.policies.modules.moe import MoELayer, NoiseRouter, Routing, SwiGLU, load_balancing_loss
 from vla.policies.modules.vision import FiLMResNet, to_float_images
@@ -59,11 +73,17 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(resid_dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`attn_mask` (T, T) bool, True = may attend; None = causal."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(
-            self.q_norm(q), self.k_norm(k), v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            self.q_norm(q),
+            self.k_norm(k),
+            v,
+            attn_mask=attn_mask,
+            is_causal=attn_mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
         )
         return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(b, t, d)))
 
@@ -88,9 +108,9 @@ class DiTBlock(nn.Module):
             self.ffn = SwiGLU(d, hidden, config.expert_bias)
 
     def forward(
-        self, x: torch.Tensor, c: torch.Tensor, ffn: FFNOverride | None = None
+        self, x: torch.Tensor, c: torch.Tensor, ffn: FFNOverride | None = None, attn_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, Routing | None]:
-        x = x + self.attn(self.norm1(x) + c.unsqueeze(1))
+        x = x + self.attn(self.norm1(x) + c.unsqueeze(1), attn_mask)
         h = self.norm2(x)
         if ffn is not None:  # a cached fused expert: no router, no dispatch
             return x + ffn(h), None
@@ -122,16 +142,38 @@ class MoDETransformer(nn.Module):
         noise_cond: torch.Tensor,
         context: torch.Tensor,
         ffns: list[FFNOverride] | None = None,
+        positions: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[Routing]]:
+        hidden, routings = self.hidden(x_in, noise_cond, context, ffns, positions, attn_mask)
+        return self.action_out(hidden), routings
+
+    def hidden(
+        self,
+        x_in: torch.Tensor,
+        noise_cond: torch.Tensor,
+        context: torch.Tensor,
+        ffns: list[FFNOverride] | None = None,
+        positions: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[Routing]]:
+        """The normalised final features of the action tokens (B, L, d), before the output projection.
+
+        `positions` (L,): the chunk step of each action token (default 0..L-1; several horizons'
+        segments repeat them); `attn_mask` (T, T) bool over [noise, context, actions] (None: causal)."""
         c = self.noise_emb(noise_cond).to(context.dtype)
         x = torch.cat([c.unsqueeze(1), context, self.action_in(x_in.to(context.dtype))], dim=1)
-        x = x + self.pos_emb[:, : x.shape[1]]
+        n_ctx = 1 + context.shape[1]
+        if positions is None:
+            x = x + self.pos_emb[:, : x.shape[1]]
+        else:
+            x = x + torch.cat([self.pos_emb[:, :n_ctx], self.pos_emb[:, n_ctx + positions]], dim=1)
         routings = []
         for i, block in enumerate(self.blocks):
-            x, routing = block(x, c, None if ffns is None else ffns[i])
+            x, routing = block(x, c, None if ffns is None else ffns[i], attn_mask)
             if routing is not None:
                 routings.append(routing)
-        return self.action_out(self.norm(x[:, -self.chunk_size :])), routings
+        return self.norm(x[:, n_ctx:]), routings
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -200,6 +242,17 @@ class MoDEPolicy(Policy):
         super().__init__(config, dataset_stats)
         self.obs_encoder = ObservationEncoder(config)
         self.transformer = MoDETransformer(config)
+        # Mixture of Horizons: the gate (its only weights) and the layout of the horizons' segments.
+        self.moh = (
+            MixtureOfHorizons(
+                config.width, config.horizons, config.n_context_tokens, config.action_attention, config.moh_gate_noise
+            )
+            if config.horizons is not None
+            else None
+        )
+        # Plain MoDE with full attention among the action tokens: the one-horizon layout's block mask.
+        self._single_layout = HorizonLayout((config.chunk_size,), config.n_context_tokens, config.action_attention)
+        self.last_horizons: HorizonTrace | None = None  # what the last MoH sampling run saw (inspectable)
         self._edm: EDM | None = None
         self._cache_request: dict[str, Any] | None = None  # what cache_experts() asked for
         self._expert_cache: ExpertCache | None = None
@@ -276,13 +329,16 @@ class MoDEPolicy(Policy):
         mask = ~batch["action_is_pad"] if "action_is_pad" in batch else None
         context = self.encode_observations(batch)
         routings: list[Routing] = []
+        if self.moh is not None:
+            diffusion_loss, info = self._moh_loss(actions, mask, context, routings)
+        else:
 
-        def net(x_in: torch.Tensor, noise_cond: torch.Tensor, step: int | None) -> torch.Tensor:
-            out, r = self.transformer(x_in, noise_cond, context)
-            routings.extend(r)
-            return out
+            def net(x_in: torch.Tensor, noise_cond: torch.Tensor, step: int | None) -> torch.Tensor:
+                out, r = self.transformer(x_in, noise_cond, context, attn_mask=self._plain_mask())
+                routings.extend(r)
+                return out
 
-        diffusion_loss, info = self.edm.loss(net, actions, mask)
+            diffusion_loss, info = self.edm.loss(net, actions, mask)
         loss = diffusion_loss
         info = {"diffusion_loss": float(diffusion_loss.detach()), **info}
         if routings:
@@ -292,6 +348,49 @@ class MoDEPolicy(Policy):
             info.update(_usage(routings))
         info["loss"] = float(loss.detach())
         return loss, info
+
+    def _plain_mask(self) -> torch.Tensor | None:
+        """None (the causal fast path) unless the action tokens attend to each other fully."""
+        if self.config.action_attention == "causal":
+            return None
+        return self._single_layout.attention_mask(self.device)
+
+    def _horizon_outputs(
+        self,
+        x_in: torch.Tensor,
+        noise_cond: torch.Tensor,
+        context: torch.Tensor,
+        ffns: list[FFNOverride] | None = None,
+        routings: list[Routing] | None = None,
+    ) -> HorizonOutput:
+        """All horizons in one denoiser pass, fused by the gate."""
+        assert self.moh is not None
+
+        def backbone(seq: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor):
+            hidden, r = self.transformer.hidden(seq, noise_cond, context, ffns, positions, attn_mask)
+            if routings is not None:
+                routings.extend(r)
+            return hidden, self.transformer.action_out(hidden)
+
+        return self.moh(backbone, x_in)
+
+    def _moh_loss(
+        self, actions: torch.Tensor, mask: torch.Tensor | None, context: torch.Tensor, routings: list[Routing]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """EDM's denoising loss (as `EDM.loss` draws it) on the fused output, plus the per-horizon
+        losses and the horizon balance term (`mixture_loss`)."""
+        cfg, edm = self.config, self.edm
+        sigma = edm.sample_training_sigmas(actions.shape[0], actions.device)
+        noise = torch.randn(actions.shape, device="cpu").to(actions)
+        sigma = sigma.to(actions)
+        s = sigma.reshape(-1, 1, 1)
+        c_skip, c_out = (c.reshape(-1, 1, 1) for c in edm.scalings(sigma))
+        noised = actions + noise * s
+        x_in = noised / (s**2 + cfg.sigma_data**2).sqrt()  # EDM's c_in
+        out = self._horizon_outputs(x_in, edm.noise_cond(sigma), context, routings=routings)
+        target = (actions - c_skip * noised) / c_out
+        loss, info = mixture_loss(out, target, mask, cfg.moh_horizon_loss_weight, cfg.moh_balance_weight)
+        return loss, {"sigma_mean": float(sigma.mean()), **info}
 
     # --- inference ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -303,18 +402,87 @@ class MoDEPolicy(Policy):
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, chunk_size, action_dim) actions in raw units. `noise` (B, H, A) fixes the initial noise."""
+        return self._sample(batch, num_steps, generator, noise)[0]
+
+    @torch.no_grad()
+    def predict_plan(
+        self,
+        batch: Mapping[str, Any],
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chunk (B, H, A), n_exec (B,)): how many actions of each row's chunk to execute.
+
+        With a mixture of horizons and `dynamic_ratio` set, n_exec comes from the horizons' consensus
+        (dynamic inference); otherwise it is `n_action_steps` for every row."""
+        cfg = self.config
+        chunk, trace = self._sample(batch, num_steps, generator, noise)
+        if trace is None or cfg.dynamic_ratio is None:
+            return chunk, torch.full((chunk.shape[0],), cfg.n_action_steps, dtype=torch.long)
+        assert self.moh is not None
+        n_exec = dynamic_horizon(
+            trace.disagreement,
+            self.moh.layout.cover_count,
+            cfg.dynamic_ratio,
+            cfg.dynamic_window,
+            cfg.dynamic_min_steps,
+            cfg.dynamic_stop_cover,
+        )
+        trace.n_exec = n_exec.cpu()
+        return chunk, n_exec.cpu()
+
+    @property
+    def decides_horizon(self) -> bool:
+        """Whether `predict_plan` picks the number of executed steps: MoH with dynamic inference (or a
+        subclass with its own `predict_plan`)."""
+        if type(self).predict_plan is not MoDEPolicy.predict_plan:
+            return True
+        return self.moh is not None and self.config.dynamic_ratio is not None
+
+    def set_dynamic_horizon(self, ratio: float | None) -> None:
+        """Turn dynamic inference on with threshold ratio `ratio` (None: off)."""
+        if ratio is not None and self.moh is None:
+            raise PolicyError("dynamic horizons need a mixture-of-horizons MoDE (trained with horizons set, --moh)")
+        self.config = self.config.replace(dynamic_ratio=ratio)
+
+    @torch.no_grad()
+    def select_action(self, obs: Mapping[str, Any]) -> torch.Tensor:
+        """As `Policy.select_action`; with dynamic horizons each plan queues its chosen number of steps
+        (the fewest over the batch's rows: they share one queue)."""
+        if not self.decides_horizon:
+            return super().select_action(obs)
+        batch = self._with_history(obs)
+        if not self._action_queue:
+            chunk, n_exec = self.predict_plan(batch)
+            self._action_queue.extend(chunk[:, : int(n_exec.min())].transpose(0, 1))
+        return self._action_queue.popleft()
+
+    def _sample(
+        self,
+        batch: Mapping[str, Any],
+        num_steps: int | None,
+        generator: torch.Generator | None,
+        noise: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, HorizonTrace | None]:
         cfg = self.config
         steps = num_steps or cfg.num_sampling_steps
         context = self.encode_observations(batch)
         cache = self._active_cache(steps)
+        trace = HorizonTrace() if self.moh is not None else None
 
         def net(x_in: torch.Tensor, noise_cond: torch.Tensor, step: int | None) -> torch.Tensor:
             ffns = cache.ffns(step) if cache is not None and step is not None else None
-            return self.transformer(x_in, noise_cond, context, ffns)[0]
+            if trace is None:
+                return self.transformer(x_in, noise_cond, context, ffns, attn_mask=self._plain_mask())[0]
+            out = self._horizon_outputs(x_in, noise_cond, context, ffns)
+            trace.add(out)
+            return out.fused
 
         shape = (context.shape[0], cfg.chunk_size, cfg.action_dim)
         x = self.edm.sample(net, shape, steps, self.device, generator, noise)
-        return self.unnormalize("action", x, self._to_device(batch).get("embodiment_id"))
+        self.last_horizons = trace
+        return self.unnormalize("action", x, self._to_device(batch).get("embodiment_id")), trace
 
     # --- expert caching -------------------------------------------------------------------------------
     def cache_experts(self, dtype: str = "float32", fold: str = "scale", num_steps: int | None = None) -> ExpertCache:
@@ -378,6 +546,24 @@ class MoDEPolicy(Policy):
             "experts": experts,
             "routers": routers,
         }
+
+
+@dataclass
+class HorizonTrace:
+    """One MoH sampling run, kept for inspection: per sampling step the fusion weights (B, n_h, H) and
+    the per-horizon denoiser outputs (B, n_h, H, A); the disagreement summed over steps (B, H); and
+    the executed steps per row when dynamic inference chose them."""
+
+    weights: list[torch.Tensor] = field(default_factory=list)
+    per_horizon: list[torch.Tensor] = field(default_factory=list)
+    disagreement: torch.Tensor | None = None
+    n_exec: torch.Tensor | None = None
+
+    def add(self, out: HorizonOutput) -> None:
+        self.weights.append(out.weights.detach())
+        self.per_horizon.append(out.per_horizon.detach())
+        d = disagreement(out).detach()
+        self.disagreement = d if self.disagreement is None else self.disagreement + d
 
 
 def _usage(routings: list[Routing]) -> dict[str, float]:

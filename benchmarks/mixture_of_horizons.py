@@ -1,0 +1,224 @@
+"""Mixture of Horizons on the end-to-end LIBERO demo tasks: fixed horizon vs MoH vs MoH + dynamic inference.
+
+Same store, same training budget (steps, batch, lr, seed), same evaluation episodes and seeds:
+1. train a state-only CPU MoDE with the fixed 10-step chunk, and the same MoDE with a mixture of
+   horizons (3..30 step 3, chunk 30, full attention among each horizon's action tokens);
+2. evaluate in LIBERO (openpi protocol: 5 actions executed per plan) on held-out initial states:
+   fixed, MoH (5 per plan as well), MoH + dynamic inference (the horizons' consensus picks 5-15);
+3. report success rate, policy calls per episode, actions executed per call, wall time per episode,
+   and the per-call cost of the mixture (one chunk, batch 1, timed on the same observation).
+
+The target (issue 6): MoH at least as successful as fixed, and dynamic inference >= 2x the actions
+per call of fixed with at most 2 points of success lost. The last line is
+`actions_per_call_ratio: <dynamic / fixed>`.
+
+The store is /tmp/demo_full/stores/libero.zarr by default (`vla demo --out /tmp/demo_full`); when it is
+missing it is built with vla.demo's stages (scripted demos + conversion). Everything is reused on a
+second run (trained checkpoints, finished evaluation episodes), so an interrupted run continues.
+
+Cost: MoH trains on 3 + 165 tokens per sample instead of 3 + 10 (about 13x the fixed model's step
+time on a CPU), so the defaults (500 steps, 15 episodes per variant: init states 40-44) are sized
+to finish in ~40 min on 2 shared CPU cores; `--steps 3000 --init-states 40-49` is the demo's budget
+(the fixed model reaches ~60% there).
+
+    .venv/bin/python benchmarks/mixture_of_horizons.py --steps 500 --out /tmp/moh_bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_STORE = Path("/tmp/demo_full/stores/libero.zarr")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE, help="LIBERO demo store (built when missing)")
+    p.add_argument("--out", type=Path, default=Path("/tmp/moh_bench"), help="runs and evaluations go here")
+    p.add_argument("--steps", type=int, default=500, help="training steps of each model (the same budget)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--horizons", default="3-30:3", help="MoH horizon set, e.g. '3-30:3'")
+    p.add_argument("--ratio", type=float, default=1.3, help="dynamic inference threshold ratio r")
+    p.add_argument("--suite", default="libero_object")
+    p.add_argument("--tasks", default="0,1,2")
+    p.add_argument("--init-states", default="40-44", help="held-out initial states (the demos use 0-39)")
+    p.add_argument("--preset", default="openpi", help="evaluation protocol (openpi: 5 actions per plan)")
+    p.add_argument("--max-steps", type=int, default=None, help="episode step budget (default: the preset's)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on shared cores)")
+    p.add_argument("--timing-calls", type=int, default=20, help="chunks timed for the per-call cost")
+    return p.parse_args()
+
+
+def ensure_store(store: Path, seed: int) -> Path:
+    if store.exists():
+        return store
+    from vla.demo import DemoConfig, DemoResult, stage_convert, stage_demos
+
+    root = store.parent.parent if store.parent.name == "stores" else store.parent
+    cfg = DemoConfig(out=root, seed=seed, progress=False)
+    res = DemoResult()
+    print(stage_demos(cfg, res), flush=True)
+    print(stage_convert(cfg, res), flush=True)
+    built = Path(res.artifacts["store"])
+    if built != store:
+        raise SystemExit(f"built {built}; pass --store {built}")
+    return built
+
+
+def train_model(name: str, args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Path, float]:
+    from vla.train import TrainConfig, train
+    from vla.train.checkpoint import latest_checkpoint
+
+    run = args.out / f"train_{name}"
+    last = latest_checkpoint(run)
+    if last is not None and int(last.name.split("_")[1]) >= args.steps:
+        print(f"[{name}] reusing {last}", flush=True)
+        return run / "last", float("nan")
+    tc = TrainConfig(
+        data=(str(args.store),),
+        out=str(run),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=min(100, args.steps),
+        seed=args.seed,
+        save_every=max(args.steps // 2, 1),
+        log_every=max(min(50, args.steps // 10), 1),
+        progress=False,
+    )
+    t0 = time.perf_counter()
+    result = train("mode", tc, preset="cpu", overrides=overrides, resume=last is not None)
+    seconds = time.perf_counter() - t0
+    print(
+        f"[{name}] trained {result.steps} steps in {seconds:.0f} s, loss {result.first_loss:.3f} -> "
+        f"{result.last_loss:.3f}",
+        flush=True,
+    )
+    return run / "last", seconds
+
+
+def evaluate(name: str, ckpt: Path, args: argparse.Namespace, dynamic: float | None) -> dict[str, Any]:
+    from vla.eval.episodes import parse_ids
+    from vla.eval.libero import LiberoEvalConfig, evaluate_libero
+
+    out = args.out / f"eval_{name}"
+    t0 = time.perf_counter()
+    summary = evaluate_libero(
+        LiberoEvalConfig(
+            suite=args.suite,
+            out=out,
+            policy=str(ckpt),
+            tasks=parse_ids(args.tasks),
+            preset=args.preset,
+            init_states=parse_ids(args.init_states),
+            seed=args.seed,
+            max_steps=args.max_steps,
+            dynamic_horizon=dynamic,
+        ),
+        progress=False,
+    )
+    records = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines() if line.strip()]
+    calls = sum(r["policy_calls"] for r in records)
+    executed = sum(r["actions_executed"] for r in records)
+    planned = sum(r["actions_executed"] + r["actions_discarded"] for r in records)
+    row = {
+        "variant": name,
+        "success_rate": summary["success_rate"],
+        "episodes": summary["episodes"],
+        "calls_per_episode": calls / max(len(records), 1),
+        "actions_per_call": executed / max(calls, 1),
+        "planned_per_call": planned / max(calls, 1),  # incl. the actions a success or the budget cut off
+        "wall_s_per_episode": statistics.fmean(r["wall_s"] for r in records) if records else 0.0,
+        "eval_s": time.perf_counter() - t0,
+    }
+    print(f"[{name}] {json.dumps(row)}", flush=True)
+    return row
+
+
+def time_calls(ckpt: Path, n: int, dynamic: float | None = None) -> float:
+    """Median seconds of one plan (batch 1) on a fixed state observation."""
+    from vla.policies.base import Policy
+
+    policy = Policy.from_pretrained(ckpt).eval()
+    if dynamic is not None:
+        policy.set_dynamic_horizon(dynamic)
+    cfg = policy.config
+    obs = {"observation.state": torch.zeros(1, cfg.n_obs, cfg.state_dim), "task": ["pick up the object"]}
+    times = []
+    with torch.no_grad():
+        for i in range(n + 2):
+            t0 = time.perf_counter()
+            policy.predict_plan(obs)
+            if i >= 2:  # the first calls load the language encoder and warm up
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    from vla.policies.mode.configuration_mode import moh_overrides
+    from vla.policies.modules.horizons import parse_horizons
+
+    t_all = time.perf_counter()
+    args.store = ensure_store(args.store, args.seed)
+    horizons = parse_horizons(args.horizons)
+    fixed_ckpt, fixed_train_s = train_model("fixed", args, {})
+    moh_ckpt, moh_train_s = train_model("moh", args, moh_overrides(horizons))
+    rows = [
+        evaluate("fixed", fixed_ckpt, args, None),
+        evaluate("moh", moh_ckpt, args, None),
+        evaluate(f"moh_dynamic_r{args.ratio:g}", moh_ckpt, args, args.ratio),
+    ]
+    call_fixed = time_calls(fixed_ckpt, args.timing_calls)
+    call_moh = time_calls(moh_ckpt, args.timing_calls)
+    call_dyn = time_calls(moh_ckpt, args.timing_calls, args.ratio)
+    for row, t in zip(rows, (call_fixed, call_moh, call_dyn), strict=True):
+        row["ms_per_call"] = 1000 * t
+    fixed, moh, dyn = rows
+    ratio = dyn["actions_per_call"] / max(fixed["actions_per_call"], 1e-9)
+    result = {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "horizons": list(horizons),
+        "train_s": {"fixed": fixed_train_s, "moh": moh_train_s},
+        "rows": rows,
+        "mixture_call_overhead": call_moh / call_fixed - 1,
+        "dynamic_call_overhead": call_dyn / call_fixed - 1,
+        "success_moh_minus_fixed": moh["success_rate"] - fixed["success_rate"],
+        "success_dynamic_minus_fixed": dyn["success_rate"] - fixed["success_rate"],
+        "actions_per_call_ratio": ratio,
+        "targets": {
+            "moh_at_least_fixed": moh["success_rate"] >= fixed["success_rate"],
+            "dynamic_2x_actions_per_call": ratio >= 2.0,
+            "dynamic_loses_at_most_2_points": dyn["success_rate"] >= fixed["success_rate"] - 0.02,
+        },
+        "total_s": time.perf_counter() - t_all,
+    }
+    (args.out / "results.json").write_text(json.dumps(result, indent=2))
+    header = f"{'variant':<18} {'success':>8} {'calls/ep':>9} {'act/call':>9} {'s/ep':>7} {'ms/call':>8}"
+    print(header)
+    for r in rows:
+        print(
+            f"{r['variant']:<18} {r['success_rate']:>8.1%} {r['calls_per_episode']:>9.1f} "
+            f"{r['actions_per_call']:>9.2f} {r['wall_s_per_episode']:>7.1f} {r['ms_per_call']:>8.1f}"
+        )
+    print(
+        f"mixture per-call overhead vs fixed: {result['mixture_call_overhead']:+.0%} "
+        f"(with dynamic inference {result['dynamic_call_overhead']:+.0%}); targets: {result['targets']}"
+    )
+    print(f"results: {args.out / 'results.json'} ({result['total_s']:.0f} s)")
+    print(f"actions_per_call_ratio: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""Mixture of Horizons (MoH): one action transformer predicts chunks of several lengths at once.
+
+See /work/shared/reference/policies.md, section 3. The wrapper is objective-agnostic: it turns the
+action part of any policy whose action tokens go through a transformer (MoDE's denoiser, a
+flow-matching head, a one-step regression head) into a mixture of horizons:
+
+- `HorizonLayout`: horizons {3, 6, ..., 30} by default. All horizons go through the shared
+  transformer in ONE pass as one long sequence: [context tokens, segment of horizon h_1 (h_1
+  action tokens), segment of h_2, ...]. Every segment's tokens carry the positions 0..h-1 of the
+  action chunk (the same position ids for every horizon, no horizon embedding), and a block
+  attention mask makes the segments independent: an action token sees every context token and the
+  tokens of its own segment only (full attention, or causal within the segment), never another
+  horizon's tokens; context tokens see only context tokens (causally), so the context is computed
+  once and is the same for every horizon.
+  Why one long sequence rather than one batch row per horizon (the authors' way): the rows layout
+  pads every horizon to max(h) tokens and repeats the context in every row, n_h * (C + H) tokens per
+  sample (10 * (C + 30) with the defaults) against C + sum(h) (C + 165) here. The FFNs (MoE experts)
+  dominate the cost and scale with the token count, so this is ~2x cheaper at small C and far
+  cheaper for long contexts (the context is not repeated); the price is a dense (T, T) mask, so no
+  flash kernel, which matters little at these lengths.
+- `MixtureOfHorizons`: runs the backbone on the layout, a linear gate per action token (logits
+  plus, in training, Gaussian noise of a learned per-token std softplus(.) + 0.01), a softmax over
+  the horizons that cover each step, and the fused output. Per-horizon outputs and gate weights are
+  returned (`HorizonOutput`) so they stay inspectable.
+- `mixture_loss`: loss on the fused output + sum of per-horizon losses + balance weight * squared
+  coefficient of variation of the horizons' mean gate weight.
+- Dynamic inference: `disagreement` (gate-weighted L1 distance of each horizon's output to the fused
+  one, per step; summed over denoising steps by the caller) and `dynamic_horizon` (how many steps
+  of the fused chunk to execute, per batch row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTION_ATTENTION = ("causal", "full")
+DEFAULT_HORIZONS: tuple[int, ...] = tuple(range(3, 31, 3))
+
+# backbone(action_inputs (B, L, A), positions (L,), attn_mask (T, T) bool) -> (hidden (B, L, d), out (B, L, A))
+Backbone = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def parse_horizons(text: str) -> tuple[int, ...]:
+    """'3-30:3' (start-stop:step, inclusive) or '3,6,9' -> sorted distinct horizons."""
+    text = text.strip()
+    try:
+        if "-" in text:
+            span, _, step = text.partition(":")
+            lo, _, hi = span.partition("-")
+            out = tuple(range(int(lo), int(hi) + 1, int(step or 1)))
+        else:
+            out = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise ValueError(f"cannot read horizons from {text!r}; write them like '3-30:3' or '3,6,9'") from None
+    check_horizons(out)
+    return tuple(sorted(out))
+
+
+def check_horizons(horizons: tuple[int, ...]) -> None:
+    if not horizons:
+        raise ValueError("need at least one horizon")
+    if any(int(h) < 1 for h in horizons) or len(set(horizons)) != len(horizons):
+        raise ValueError(f"horizons must be distinct positive integers, got {horizons}")
+
+
+@dataclass(frozen=True)
+class HorizonLayout:
+    """Where each horizon's action tokens sit in the one long sequence, and who may attend to whom."""
+
+    horizons: tuple[int, ...]
+    n_context: int  # tokens before the action tokens (shared by all horizons)
+    action_attention: str = "full"  # among the action tokens of one segment: full | causal
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_horizons(self.horizons)
+        object.__setattr__(self, "horizons", tuple(sorted(int(h) for h in self.horizons)))
+        if self.action_attention not in ACTION_ATTENTION:
+            raise ValueError(f"action_attention {self.action_attention!r} not in {ACTION_ATTENTION}")
+        if self.n_context < 0:
+            raise ValueError("n_context must be >= 0")
+
+    @property
+    def n_horizons(self) -> int:
+        return len(self.horizons)
+
+    @property
+    def max_horizon(self) -> int:
+        return self.horizons[-1]
+
+    @property
+    def n_action_tokens(self) -> int:
+        return sum(self.horizons)
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """(L,) the chunk step of every action token: 0..h-1 per segment."""
+        return torch.cat([torch.arange(h) for h in self.horizons])
+
+    @property
+    def segments(self) -> torch.Tensor:
+        """(L,) the horizon index of every action token."""
+        return torch.cat([torch.full((h,), i) for i, h in enumerate(self.horizons)])
+
+    @property
+    def cover(self) -> torch.Tensor:
+        """(n_h, H) True where horizon i predicts step t (t < h_i)."""
+        return torch.arange(self.max_horizon)[None, :] < torch.tensor(self.horizons)[:, None]
+
+    @property
+    def cover_count(self) -> torch.Tensor:
+        """(H,) how many horizons cover each step."""
+        return self.cover.sum(0)
+
+    def attention_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(T, T) bool, True = may attend; T = n_context + sum(horizons)."""
+        key = str(device)
+        if key not in self._cache:
+            c, n = self.n_context, self.n_action_tokens
+            mask = torch.zeros(c + n, c + n, dtype=torch.bool)
+            mask[:c, :c] = torch.ones(c, c, dtype=torch.bool).tril()
+            mask[c:, :c] = True
+            seg, pos = self.segments, self.positions
+            block = seg[:, None] == seg[None, :]
+            if self.action_attention == "causal":
+                block &= pos[:, None] >= pos[None, :]
+            mask[c:, c:] = block
+            self._cache[key] = mask.to(device)
+        return self._cache[key]
+
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, ...) a chunk -> (B, L, ...) every horizon's prefix of it, segment after segment."""
+        if x.shape[1] != self.max_horizon:
+            raise ValueError(f"expected a chunk of {self.max_horizon} steps, got {tuple(x.shape)}")
+        return x[:, self.positions.to(x.device)]
+
+    def split(self, y: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """(B, L, ...) per action token -> (B, n_h, H, ...), `fill` where a horizon does not reach."""
+        b, rest = y.shape[0], y.shape[2:]
+        flat = (self.segments * self.max_horizon + self.positions).to(y.device)
+        out = y.new_full((b, self.n_horizons * self.max_horizon, *rest), fill)
+        out = out.index_copy(1, flat, y)
+        return out.view(b, self.n_horizons, self.max_horizon, *rest)
+
+
+@dataclass
+class HorizonOutput:
+    fused: torch.Tensor  # (B, H, A) the gate-weighted mixture per step
+    per_horizon: torch.Tensor  # (B, n_h, H, A), zeros where a horizon does not reach
+    weights: torch.Tensor  # (B, n_h, H) fusion weights, summing to 1 over the covering horizons
+    cover: torch.Tensor  # (n_h, H) bool
+    logits: torch.Tensor  # (B, n_h, H) gate logits (with training noise), -inf where not covering
+
+
+class MixtureOfHorizons(nn.Module):
+    """The gate and the fusion around a shared action transformer (see the module docstring)."""
+
+    def __init__(
+        self,
+        width: int,
+        horizons: tuple[int, ...] = DEFAULT_HORIZONS,
+        n_context: int = 0,
+        action_attention: str = "full",
+        gate_noise: bool = True,
+        noise_floor: float = 0.01,
+    ):
+        super().__init__()
+        self.layout = HorizonLayout(tuple(horizons), n_context, action_attention)
+        self.gate = nn.Linear(width, 1)
+        self.gate_noise = nn.Linear(width, 1) if gate_noise else None
+        self.noise_floor = noise_floor
+        for m in (self.gate, self.gate_noise):
+            if m is not None:
+                nn.init.normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def horizons(self) -> tuple[int, ...]:
+        return self.layout.horizons
+
+    def forward(self, backbone: Backbone, x: torch.Tensor) -> HorizonOutput:
+        """`x` (B, H_max, A): the action-token input (e.g. the scaled noisy chunk) for the longest
+        horizon; every horizon reads its prefix. One backbone call for all horizons."""
+        lay = self.layout
+        positions = lay.positions.to(x.device)
+        hidden, out = backbone(lay.expand(x), positions, lay.attention_mask(x.device))
+        logits = self.gate(hidden).squeeze(-1)  # (B, L)
+        if self.training and self.gate_noise is not None:
+            std = F.softplus(self.gate_noise(hidden).squeeze(-1)) + self.noise_floor
+            logits = logits + torch.randn_like(logits) * std
+        cover = lay.cover.to(x.device)
+        logits = lay.split(logits, float("-inf"))
+        weights = logits.softmax(dim=1)  # every step is covered by the longest horizon
+        per_horizon = lay.split(out)
+        fused = (weights.unsqueeze(-1).to(per_horizon) * per_horizon).sum(1)
+        return HorizonOutput(fused, per_horizon, weights, cover, logits)
+
+
+def _masked_mean(err: torch.Tensor, mask: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    m = mask.to(err.dtype).expand_as(err)
+    return (err * m).sum(dims) / m.sum(dims).clamp_min(1)
+
+
+def balance_loss(weights: torch.Tensor, cover: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared coefficient of variation of the horizons' usage: the mean fusion weight of each horizon
+    over the steps it covers (and the valid steps of the batch). 0 when every horizon is used alike."""
+    mask = cover.unsqueeze(0).expand_as(weights)
+    if valid is not None:
+        mask = mask & valid.unsqueeze(1)
+    usage = _masked_mean(weights, mask, (0, 2))  # (n_h,)
+    if usage.numel() < 2:
+        return usage.sum() * 0
+    return usage.var(unbiased=False) / usage.mean().pow(2).clamp_min(1e-12)
+
+
+def mixture_loss(
+    out: HorizonOutput,
+    target: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    horizon_weight: float = 1.0,
+    balance_weight: float = 1e-3,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Fused loss + horizon_weight * sum of per-horizon losses + balance_weight * balance.
+
+    `target` (B, H, A) in the output space; `valid` (B, H) marks real (not padded) steps. Each loss is a
+    mean of squared errors over the valid entries it covers."""
+    b, h = target.shape[:2]
+    valid_steps = torch.ones(b, h, dtype=torch.bool, device=target.device) if valid is None else valid
+    fused = _masked_mean((out.fused - target).pow(2), valid_steps.unsqueeze(-1), (0, 1, 2))
+    mask = (out.cover.unsqueeze(0) & valid_steps.unsqueeze(1)).unsqueeze(-1)  # (B, n_h, H, 1)
+    per = _masked_mean((out.per_horizon - target.unsqueeze(1)).pow(2), mask, (0, 2, 3))  # (n_h,)
+    balance = balance_loss(out.weights, out.cover, valid_steps)
+    loss = fused + horizon_weight * per.sum() + balance_weight * balance
+    info = {"fused_loss": float(fused.detach()), "horizon_loss": float(per.sum().detach())}
+    info["horizon_balance"] = float(balance.detach())
+    return loss, info
+
+
+def disagreement(out: HorizonOutput) -> torch.Tensor:
+    """(B, H): per step, sum over covering horizons of weight * L1(horizon output - fused output)."""
+    dist = (out.per_horizon - out.fused.unsqueeze(1)).abs().sum(-1)  # (B, n_h, H)
+    return (out.weights * dist * out.cover.unsqueeze(0)).sum(1)
+
+
+def dynamic_horizon(
+    score: torch.Tensor,
+    cover_count: torch.Tensor,
+    ratio: float,
+    window: int = 5,
+    min_steps: int = 5,
+    stop_cover: int = 5,
+) -> torch.Tensor:
+    """How many steps of each row's fused chunk to execute (B,) long.
+
+    `score` (B, H): the accumulated disagreement per step. Threshold = mean of the first `window`
+    steps' disagreement * `ratio`; the first `min_steps` steps always run, later ones while the
+    disagreement is strictly below the threshold and more than `stop_cover` horizons cover the step."""
+    if ratio <= 0:
+        raise ValueError(f"the dynamic-horizon ratio must be > 0, got {ratio}")
+    h = score.shape[1]
+    threshold = score[:, : max(1, min(window, h))].mean(1, keepdim=True) * ratio
+    ok = (score < threshold) & (cover_count.to(score.device) > stop_cover).unsqueeze(0)
+    ok[:, : min(min_steps, h)] = True  # the first steps always run (they set the threshold)
+    return ok.long().cumprod(1).sum(1)  # the leading run of steps that pass

@@ -1,0 +1,144 @@
+"""`vla deploy`: wire arm, cameras, planner, safety, loop and recorder together from the command's options."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vla.errors import VlaError
+from vla.real_robot.arm import ArmSpec, load_arm
+from vla.real_robot.cameras import OpenCVCamera, parse_camera_arg
+from vla.real_robot.clock import RealClock
+from vla.real_robot.drivers import make_robot
+from vla.real_robot.loop import ControlLoop, LoopConfig, LoopReport
+from vla.real_robot.recorder import EpisodeRecorder, store_spec
+from vla.real_robot.safety import SafetyLayer
+from vla.real_robot.workers import Planner, SyncWorker, ThreadedWorker
+
+log = logging.getLogger("vla.real_robot.deploy")
+
+
+@dataclass
+class DeployOptions:
+    robot: str
+    policy: str | None = None
+    server: str | None = None
+    token: str | None = None
+    leader: str | None = None  # teleoperation: a leader arm file instead of a policy
+    leader_port: str | None = None
+    cameras: list[str] = field(default_factory=list)
+    camera_size: tuple[int, int] | None = None
+    fps: float | None = None
+    merge: str = "replace"
+    ensemble_k: float = 0.1
+    record: str | None = None
+    task: str = ""
+    episodes: int = 1
+    seconds: float = 30.0
+    dry_run: bool = False
+    sync: bool = False  # run inference inside the tick (debugging / the benchmark's baseline)
+    port: str | None = None
+    device: str = "cpu"
+
+
+def make_safety(spec: ArmSpec, robot: object) -> SafetyLayer:
+    fk = getattr(robot, "forward_kinematics", None)
+    ws = None if spec.workspace is None else (np.array(spec.workspace[0]), np.array(spec.workspace[1]))
+    return SafetyLayer(spec.low, spec.high, spec.max_step, workspace=ws, forward_kinematics=fk)
+
+
+def _planner(opts: DeployOptions, spec: ArmSpec, stack: contextlib.ExitStack) -> Planner:
+    chosen = [x for x in (opts.policy, opts.server, opts.leader) if x]
+    if len(chosen) != 1:
+        raise VlaError("give exactly one of --policy CKPT_DIR, --server HOST:PORT or --leader ARM_FILE")
+    if opts.policy:
+        from vla.real_robot.planners import PolicyPlanner
+
+        planner = PolicyPlanner(opts.policy, device=opts.device)
+        planner.warmup(opts.task)
+        if planner.action_dim != spec.dof or planner.state_dim not in (None, spec.dof):
+            raise VlaError(
+                f"policy acts in {planner.action_dim} dims with state {planner.state_dim}; arm {spec.name} has "
+                f"{spec.dof} joints"
+            )
+        return planner
+    if opts.server:
+        from vla.real_robot.server.client import RemotePlanner
+
+        remote = RemotePlanner(opts.server, token=opts.token)
+        stack.callback(remote.close)
+        remote.hello()
+        return remote
+    from vla.real_robot.teleop import LeaderPlanner
+
+    leader_spec = load_arm(opts.leader or "")
+    leader = make_robot(leader_spec, port=opts.leader_port, torque=False)
+    leader.connect()
+    stack.callback(leader.disconnect)
+    return LeaderPlanner(leader)
+
+
+def deploy(opts: DeployOptions) -> list[LoopReport]:
+    if len([x for x in (opts.policy, opts.server, opts.leader) if x]) != 1:  # before touching the arm
+        raise VlaError("give exactly one of --policy CKPT_DIR, --server HOST:PORT or --leader ARM_FILE")
+    spec = load_arm(opts.robot)
+    fps = opts.fps or spec.rate_hz
+    reports = []
+    with contextlib.ExitStack() as stack:
+        port = opts.port
+        if opts.dry_run:
+            spec, port = stack.enter_context(_emulated(spec))
+        robot = make_robot(spec, port=port)
+        robot.connect()
+        stack.callback(robot.disconnect)
+        clock = RealClock()
+        cameras = []
+        for arg in opts.cameras:
+            name, src = parse_camera_arg(arg)
+            cam = OpenCVCamera(name, src, fps=fps, size=opts.camera_size, clock=clock, loop_file=True)
+            stack.callback(cam.close)
+            cameras.append(cam)
+        planner = _planner(opts, spec, stack)
+        recorder = None
+        if opts.record:
+            sizes = {c.name: _frame_size(c) for c in cameras}
+            mode = "teleop" if opts.leader else "deploy"
+            recorder = EpisodeRecorder(Path(opts.record), store_spec(spec, fps, sizes, mode))
+        for ep in range(opts.episodes):
+            worker = SyncWorker(planner) if opts.sync or opts.leader else ThreadedWorker(planner)
+            if hasattr(planner, "reset"):
+                planner.reset()
+            config = LoopConfig(fps=fps, merge=opts.merge, ensemble_k=opts.ensemble_k,
+                                max_ticks=int(opts.seconds * fps), task=opts.task)  # fmt: skip
+            loop = ControlLoop(robot, worker, make_safety(spec, robot), clock, config, cameras,
+                               on_tick=recorder.on_tick if recorder else None)  # fmt: skip
+            try:
+                report = loop.run()
+            finally:
+                worker.close()
+            reports.append(report)
+            log.info("episode %d: %s", ep, report.ended)
+            if recorder is not None:
+                recorder.end_episode()
+            if report.ended != "finished":
+                break
+        if recorder is not None and recorder.episodes:
+            recorder.writer.finalize()
+    return reports
+
+
+def _emulated(spec: ArmSpec):  # imported lazily: franky-sim pulls in MuJoCo
+    from vla.real_robot.dryrun import emulated
+
+    return emulated(spec)
+
+
+def _frame_size(cam: OpenCVCamera) -> tuple[int, int]:
+    size = cam.frame_size()
+    if size is None:
+        raise VlaError(f"camera {cam.name!r} does not report a frame size")
+    return size

@@ -1,0 +1,99 @@
+"""Planners: observation -> action chunk (H, A) in raw units. `PolicyPlanner` wraps any policy with the
+`predict_chunk` interface; this is the one place of the deploy path that imports torch."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla.real_robot.loop import STATE_KEY
+from vla.real_robot.workers import Observation
+
+
+class ObsHistory:
+    """The last `n` frames per key, the first frame repeated after a reset (as in training)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._frames: dict[str, deque[np.ndarray]] = {}
+
+    def push(self, key: str, frame: np.ndarray) -> np.ndarray:
+        hist = self._frames.get(key)
+        if hist is None:
+            hist = self._frames[key] = deque([frame] * self.n, maxlen=self.n)
+        else:
+            hist.append(frame)
+        return np.stack(list(hist))
+
+
+class PolicyPlanner:
+    def __init__(self, policy: Any, device: str = "cpu"):
+        import torch
+
+        from vla.policies.base import Policy
+
+        self.torch = torch
+        if isinstance(policy, str | Path):
+            policy = Policy.from_pretrained(policy, map_location=device)
+        self.policy = policy
+        if hasattr(policy, "eval"):
+            policy.eval()
+        self.config = policy.config
+        self.device = device
+        self.history = self.new_history()
+
+    @property
+    def camera_keys(self) -> tuple[str, ...]:
+        return tuple(self.config.camera_keys)
+
+    @property
+    def state_dim(self) -> int | None:
+        return self.config.state_dim
+
+    @property
+    def action_dim(self) -> int:
+        return self.config.action_dim
+
+    def warmup(self, task: str = "") -> None:
+        """One throw-away plan: the language encoder and kernels load now, not on the first control tick."""
+        obs: Observation = {k: np.zeros((*self.config.image_size, 3), np.uint8) for k in self.camera_keys}
+        if self.state_dim is not None:
+            obs[STATE_KEY] = np.zeros(self.state_dim, np.float32)
+        obs["task"] = task
+        self.predict_batch([(obs, self.new_history())])
+
+    def new_history(self) -> ObsHistory:
+        return ObsHistory(self.config.n_obs)
+
+    def reset(self) -> None:
+        self.history = self.new_history()
+
+    def __call__(self, obs: Observation) -> np.ndarray:
+        return self.predict_batch([(obs, self.history)])[0]
+
+    def predict_batch(self, items: Sequence[tuple[Observation, ObsHistory]]) -> list[np.ndarray]:
+        """One forward pass for several clients' observations (the server batches with this)."""
+        torch = self.torch
+        keys = [*self.camera_keys, *([STATE_KEY] if self.state_dim is not None else [])]
+        stacked: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+        for obs, hist in items:
+            for k in keys:
+                frame = np.asarray(obs[k])
+                if k != STATE_KEY:
+                    frame = np.ascontiguousarray(frame.transpose(2, 0, 1))  # HWC (store) -> CHW (policy)
+                stacked[k].append(hist.push(k, frame))
+        n = len(items)
+        batch: dict[str, Any] = {k: torch.from_numpy(np.stack(v)).to(self.device) for k, v in stacked.items()}
+        if STATE_KEY in batch:
+            batch[STATE_KEY] = batch[STATE_KEY].float()
+        batch["observation_is_pad"] = torch.zeros(n, self.config.n_obs, dtype=torch.bool)
+        batch["task"] = [str(obs.get("task", "")) for obs, _ in items]
+        batch["embodiment_id"] = torch.zeros(n, dtype=torch.long)
+        with torch.no_grad():
+            out = self.policy.predict_chunk(batch)
+        arr = out.detach().float().cpu().numpy()
+        return [arr[i] for i in range(n)]

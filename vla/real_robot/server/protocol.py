@@ -1,0 +1,116 @@
+"""Wire format and schema. A frame is: u32 total length | u32 header length | JSON header | raw array bytes.
+
+The header names each array with dtype, shape and byte offset; arrays are plain little-endian numpy bytes.
+Nothing is ever unpickled. Every incoming header is checked against a schema derived from the policy
+(keys, dtypes, shapes, sizes) before a single array is built.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+MAX_FRAME = 32 * 1024 * 1024
+MAX_HEADER = 64 * 1024
+MAX_TASK = 2000
+MAX_IMAGE_SIDE = 1024
+ALLOWED_DTYPES = {"uint8", "float32", "float64"}
+_LEN = struct.Struct(">II")
+
+
+class ProtocolError(Exception):
+    """A malformed or schema-violating message: answered with an error, never fatal to the server."""
+
+
+def encode(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> bytes:
+    blobs, meta, offset = [], {}, 0
+    for name, arr in (arrays or {}).items():
+        a = np.ascontiguousarray(arr)
+        b = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+        meta[name] = {"dtype": a.dtype.name, "shape": list(a.shape), "offset": offset, "nbytes": len(b)}
+        blobs.append(b)
+        offset += len(b)
+    head = json.dumps({**header, "arrays": meta}).encode()
+    body = head + b"".join(blobs)
+    return _LEN.pack(len(body) + 4, len(head)) + body
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        part = sock.recv(min(n - len(buf), 1 << 20))
+        if not part:
+            raise ConnectionError("peer closed the connection")
+        buf += part
+    return bytes(buf)
+
+
+def read_frame(sock: socket.socket) -> tuple[dict[str, Any], bytes]:
+    """Raises ProtocolError for a bad frame (the stream can still be resynchronised: its length was read)."""
+    total, head_len = _LEN.unpack(recv_exact(sock, 8))
+    if total > MAX_FRAME or total < 4:
+        raise ConnectionError(f"frame of {total} bytes is outside [4, {MAX_FRAME}]: cannot resynchronise")
+    body = recv_exact(sock, total - 4)
+    if head_len > min(MAX_HEADER, len(body)):
+        raise ProtocolError(f"header length {head_len} is larger than the frame or {MAX_HEADER} bytes")
+    try:
+        header = json.loads(body[:head_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError(f"header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header must be a JSON object")
+    return header, body[head_len:]
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    dtype: str
+    shape: tuple[int | None, ...]  # None: any size up to MAX_IMAGE_SIDE
+
+
+def decode_arrays(header: dict[str, Any], payload: bytes, schema: dict[str, ArraySpec]) -> dict[str, np.ndarray]:
+    meta = header.get("arrays")
+    if not isinstance(meta, dict):
+        raise ProtocolError("'arrays' must be an object")
+    missing = sorted(set(schema) - set(meta))
+    extra = sorted(set(meta) - set(schema))
+    if missing or extra:
+        raise ProtocolError(f"arrays do not match the schema (missing {missing}, unexpected {extra})")
+    out = {}
+    for name, spec in schema.items():
+        m = meta[name]
+        if not isinstance(m, dict):
+            raise ProtocolError(f"{name}: array description must be an object")
+        dtype, shape, offset, nbytes = m.get("dtype"), m.get("shape"), m.get("offset"), m.get("nbytes")
+        if dtype != spec.dtype or dtype not in ALLOWED_DTYPES:
+            raise ProtocolError(f"{name}: dtype {dtype!r}, expected {spec.dtype}")
+        if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+            raise ProtocolError(f"{name}: shape must be a list of integers")
+        if len(shape) != len(spec.shape) or any(
+            (want is not None and s != want) or not 0 < s <= MAX_IMAGE_SIDE
+            for s, want in zip(shape, spec.shape, strict=True)
+        ):
+            raise ProtocolError(f"{name}: shape {shape}, expected {list(spec.shape)}")
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if not (isinstance(offset, int) and isinstance(nbytes, int)) or nbytes != size:
+            raise ProtocolError(f"{name}: nbytes {nbytes!r} does not match shape and dtype ({size})")
+        if offset < 0 or offset + nbytes > len(payload):
+            raise ProtocolError(f"{name}: bytes [{offset}, {offset + nbytes}) lie outside the payload")
+        arr = np.frombuffer(payload, dtype=np.dtype(dtype).newbyteorder("<"), count=int(np.prod(shape)), offset=offset)
+        arr = arr.reshape(shape)
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise ProtocolError(f"{name}: contains NaN or inf")
+        out[name] = arr
+    return out
+
+
+def check_task(header: dict[str, Any]) -> str:
+    task = header.get("task", "")
+    if not isinstance(task, str) or len(task) > MAX_TASK:
+        raise ProtocolError(f"'task' must be a string of at most {MAX_TASK} characters")
+    return task
