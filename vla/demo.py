@@ -60,8 +60,8 @@ Stage = Callable[[DemoConfig, DemoResult], str]
 
 
 def stage_demos(cfg: DemoConfig, res: DemoResult) -> str:
-    from vla.sim.scripted import DEMO_SUFFIX, collect_task
     from vla.sim.libero import get_task
+    from vla.sim.scripted import DEMO_SUFFIX, collect_task
 
     src = cfg.out / "source" / "libero"
     rates = {}
@@ -147,7 +147,11 @@ def _record_training(run: Path, res: DemoResult) -> None:
 
     metrics = read_metrics(run)
     if metrics:
-        res.figures["loss curve"] = {"first": metrics[0]["loss"], "last": metrics[-1]["loss"], "steps": metrics[-1]["step"]}
+        res.figures["loss curve"] = {
+            "first": metrics[0]["loss"],
+            "last": metrics[-1]["loss"],
+            "steps": metrics[-1]["step"],
+        }
         res.artifacts["loss plot"] = str(plot_loss(metrics, run / "loss.png"))
 
 

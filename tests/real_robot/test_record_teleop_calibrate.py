@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from vla.cli import app
 from vla.datasets.store import Store
+from vla.errors import VlaError
 from vla.real_robot.arm import load_arm, save_arm
 from vla.real_robot.calibrate import calibrate
 from vla.real_robot.clock import FakeClock
@@ -116,3 +118,10 @@ def test_driver_layer_does_not_import_training_or_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_deploy_refuses_a_policy_whose_cameras_are_not_given(tmp_path: Path) -> None:
+    ckpt = tiny_mode_checkpoint(tmp_path / "ckpt", camera_keys=("observation.images.wrist",))
+    opts = DeployOptions(robot="so101", policy=str(ckpt), dry_run=True, seconds=0.2)
+    with pytest.raises(VlaError, match=r"reads cameras wrist; pass each as --camera"):
+        deploy(opts)

@@ -59,6 +59,11 @@ def _planner(opts: DeployOptions, spec: ArmSpec, stack: contextlib.ExitStack) ->
         from vla.real_robot.planners import PolicyPlanner
 
         planner = PolicyPlanner(opts.policy, device=opts.device)
+        given = {f"observation.images.{parse_camera_arg(a)[0]}" for a in opts.cameras}
+        missing = [k for k in planner.camera_keys if k not in given]
+        if missing:
+            names = ", ".join(k.removeprefix("observation.images.") for k in missing)
+            raise VlaError(f"the policy reads cameras {names}; pass each as --camera NAME=INDEX_OR_FILE")
         planner.warmup(opts.task)
         if planner.action_dim != spec.dof or planner.state_dim not in (None, spec.dof):
             raise VlaError(
