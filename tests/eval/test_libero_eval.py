@@ -179,9 +179,7 @@ def test_camera_episode_writes_video_and_report(tmp_path):
         eval_config(tmp_path, init_states=[5], max_steps=6, videos=1, image_size=32), progress=False
     )
     # the episode itself runs without a renderer; the kept video is drawn from its saved states
-    assert summary["settings"]["cameras"] == [] and summary["videos"] == [
-        "videos/failure_libero_object-1-5.mp4"
-    ]
+    assert summary["settings"]["cameras"] == [] and summary["videos"] == ["videos/failure_libero_object-1-5.mp4"]
     frames = iio.imread(tmp_path / summary["videos"][0])
     assert frames.shape == (7, 32, 32, 3), "the reset frame and one per step"
     assert frames.std() > 5, "a real render, not a blank frame"
