@@ -24,7 +24,7 @@ def demo(
     evaluate in LIBERO on held-out initial states -> report (OUT/report.md).
 
     Stages reuse what an earlier run left in OUT, so an interrupted run continues. The default
-    takes about 15-25 minutes on 2 CPU cores.
+    takes about 14 minutes on 2 free CPU cores (about 23 when they are busy).
     """
     from vla.demo import DemoConfig, run_demo
     from vla.eval.episodes import parse_ids
