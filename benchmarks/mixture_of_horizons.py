@@ -12,7 +12,7 @@ The target (issue 6): MoH at least as successful as fixed, and dynamic inference
 per call of fixed with at most 2 points of success lost. The last line is
 `actions_per_call_ratio: <dynamic / fixed>`.
 
-The store is /tmp/demo_full/stores/libero.zarr by default (`vla demo --out /tmp/demo_full`); when it is
+The store is outputs/demo/stores/libero.zarr by default (what `make demo` writes); when it is
 missing it is built with vla.demo's stages (scripted demos + conversion). Everything is reused on a
 second run (trained checkpoints, finished evaluation episodes), so an interrupted run continues.
 
@@ -21,7 +21,7 @@ time on a CPU), so the defaults (500 steps, 15 episodes per variant: init states
 to finish in ~40 min on 2 shared CPU cores; `--steps 3000 --init-states 40-49` is the demo's budget
 (the fixed model reaches ~60% there).
 
-    .venv/bin/python benchmarks/mixture_of_horizons.py --steps 500 --out /tmp/moh_bench
+    .venv/bin/python benchmarks/mixture_of_horizons.py --steps 500 --out outputs/benchmarks/moh
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from typing import Any
 
 import torch
 
-DEFAULT_STORE = Path("/tmp/demo_full/stores/libero.zarr")
+DEFAULT_STORE = Path("outputs/demo/stores/libero.zarr")  # relative to the repository root, as `make demo` writes
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", type=Path, default=DEFAULT_STORE, help="LIBERO demo store (built when missing)")
-    p.add_argument("--out", type=Path, default=Path("/tmp/moh_bench"), help="runs and evaluations go here")
+    p.add_argument("--out", type=Path, default=Path("outputs/benchmarks/moh"), help="runs and evaluations go here")
     p.add_argument("--steps", type=int, default=500, help="training steps of each model (the same budget)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)

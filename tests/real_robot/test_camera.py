@@ -42,6 +42,6 @@ def test_resize_and_bad_sources(tmp_path: Path) -> None:
     with pytest.raises(CameraError, match="no such video"):
         OpenCVCamera("x", str(tmp_path / "none.avi"))
     assert parse_camera_arg("front=0") == ("front", 0)
-    assert parse_camera_arg("wrist=/tmp/a.mp4") == ("wrist", "/tmp/a.mp4")
+    assert parse_camera_arg("wrist=videos/a.mp4") == ("wrist", "videos/a.mp4")
     with pytest.raises(CameraError):
         parse_camera_arg("front")

@@ -1,6 +1,6 @@
 """The LIBERO evaluation protocol: presets, episode selection, env settings, summary.
 
-Three published protocols are named presets (see /work/shared/reference/benchmarks.md):
+Three published protocols are named presets (see shared/reference/benchmarks.md):
 `openpi` (recent VLA papers, the default), `libero` (the original benchmark) and `mode` (the MoDE
 paper's code). Every setting ends up in summary.json; explicit options override a preset and are
 recorded as such. Per episode: reset, set fixed initial state k, settle steps (not counted), then

@@ -87,7 +87,7 @@ class PolicyPlanner:
                 raise EvalError(f"--dynamic-horizon {dynamic_horizon}: {e}") from None
         cfg = policy.config
         self.n_obs = cfg.n_obs
-        self.obs_keys = (*cfg.camera_keys, *(["observation.state"] if cfg.state_dim is not None else []))
+        self.obs_keys = cfg.observation_keys
         # The re-plan interval cannot exceed the chunk: executing past it would need actions never predicted.
         self.replan_steps = min(replan_steps or cfg.n_action_steps, cfg.chunk_size)
 
@@ -112,16 +112,10 @@ class PolicyPlanner:
     def _to_torch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         import torch
 
-        out: dict[str, Any] = {"task": list(batch["task"])}
-        cams = set(self.policy.config.camera_keys)
-        for key in self.obs_keys:
-            x = torch.from_numpy(np.ascontiguousarray(batch[key]))
-            # The one HWC -> CHW boundary: environments and stores hold HWC, policies read CHW.
-            out[key] = x.permute(0, 1, 4, 2, 3).contiguous() if key in cams else x.float()
-        rows = len(out["task"])
-        out["observation_is_pad"] = torch.zeros(rows, self.n_obs, dtype=torch.bool)
+        from vla.policies.base import observation_batch
+
         device = next(self.policy.parameters(), torch.empty(0)).device
-        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+        return observation_batch(self.policy.config, batch, batch["task"], device)
 
     def describe(self) -> dict[str, Any]:
         cfg = self.policy.config

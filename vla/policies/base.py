@@ -22,10 +22,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -101,6 +102,11 @@ class PolicyConfig:
         return dataclasses.replace(self, **changes)
 
     # --- the data contract ------------------------------------------------------------------------
+    @property
+    def observation_keys(self) -> tuple[str, ...]:
+        """Per-frame observation keys the policy reads: its cameras, then the state if it uses one."""
+        return (*self.camera_keys, *(("observation.state",) if self.state_dim is not None else ()))
+
     def required_features(self) -> dict[str, tuple[int, ...] | None]:
         """Per-frame keys the policy reads, with the shape it needs (None: any shape of that kind)."""
         out: dict[str, tuple[int, ...] | None] = dict.fromkeys(self.camera_keys)
@@ -258,6 +264,25 @@ class Policy(nn.Module):
     # --- accounting ------------------------------------------------------------------------------------
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def observation_batch(
+    config: PolicyConfig, frames: Mapping[str, np.ndarray], tasks: Sequence[str], device: torch.device | str = "cpu"
+) -> dict[str, Any]:
+    """Stacked observation histories in the store's layout -> a policy batch.
+
+    `frames[key]` is (B, n_obs, ...) as environments, robots and stores hold it (images uint8 HWC);
+    this is the one HWC -> CHW boundary of every closed-loop caller (evaluation, deployment, server).
+    """
+    cams = set(config.camera_keys)
+    out: dict[str, Any] = {"task": [str(t) for t in tasks]}
+    for key in config.observation_keys:
+        x = torch.from_numpy(np.ascontiguousarray(frames[key]))
+        out[key] = x.permute(0, 1, 4, 2, 3).contiguous() if key in cams else x.float()
+    rows = len(out["task"])
+    out["observation_is_pad"] = torch.zeros(rows, config.n_obs, dtype=torch.bool)
+    out["embodiment_id"] = torch.zeros(rows, dtype=torch.long)  # single-embodiment callers
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
 
 
 # --- registry ------------------------------------------------------------------------------------

@@ -77,23 +77,14 @@ class PolicyPlanner:
 
     def predict_batch(self, items: Sequence[tuple[Observation, ObsHistory]]) -> list[np.ndarray]:
         """One forward pass for several clients' observations (the server batches with this)."""
+        from vla.policies.base import observation_batch
+
         torch = self.torch
-        keys = [*self.camera_keys, *([STATE_KEY] if self.state_dim is not None else [])]
-        stacked: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-        for obs, hist in items:
-            for k in keys:
-                frame = np.asarray(obs[k])
-                if k != STATE_KEY:
-                    frame = np.ascontiguousarray(frame.transpose(2, 0, 1))  # HWC (store) -> CHW (policy)
-                stacked[k].append(hist.push(k, frame))
-        n = len(items)
-        batch: dict[str, Any] = {k: torch.from_numpy(np.stack(v)).to(self.device) for k, v in stacked.items()}
-        if STATE_KEY in batch:
-            batch[STATE_KEY] = batch[STATE_KEY].float()
-        batch["observation_is_pad"] = torch.zeros(n, self.config.n_obs, dtype=torch.bool)
-        batch["task"] = [str(obs.get("task", "")) for obs, _ in items]
-        batch["embodiment_id"] = torch.zeros(n, dtype=torch.long)
+        keys = self.config.observation_keys
+        frames = {k: np.stack([hist.push(k, np.asarray(obs[k])) for obs, hist in items]) for k in keys}
+        tasks = [str(obs.get("task", "")) for obs, _ in items]
+        batch = observation_batch(self.config, frames, tasks, self.device)
         with torch.no_grad():
             out = self.policy.predict_chunk(batch)
         arr = out.detach().float().cpu().numpy()
-        return [arr[i] for i in range(n)]
+        return list(arr)

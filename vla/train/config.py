@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,6 @@ class TrainConfig:
     keep_checkpoints: int = 2  # older step_* directories are deleted
     progress: bool = True
     image_size: tuple[int, int] | None = None  # resize cameras in the loader (None: the store's size)
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded with the run
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", tuple(str(p) for p in self.data))
@@ -81,6 +80,6 @@ class TrainConfig:
 
     def same_run(self, other: TrainConfig) -> list[str]:
         """Fields that must not change between a run and its resumption (all but steps/logging)."""
-        free = {"steps", "progress", "log_every", "save_every", "keep_checkpoints", "num_workers", "extra"}
+        free = {"steps", "progress", "log_every", "save_every", "keep_checkpoints", "num_workers"}
         a, b = self.to_dict(), other.to_dict()
         return [k for k in a if k not in free and a[k] != b[k]]

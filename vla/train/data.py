@@ -31,7 +31,6 @@ class TrainingData:
     config: PolicyConfig  # with the data contract filled in from the stores
     normalizer: Normalizer | MultiNormalizer
     specs: list[StoreSpec]
-    slots: bool  # robots with different action/state sizes, mixed through the 24-slot layout
 
 
 def open_stores(paths: Sequence[str]) -> list[Store]:
@@ -110,4 +109,4 @@ def build_training_data(
     else:
         stats = {k: merge_stats([s.stats[k] for s in stores]) for k in modes}
         normalizer = Normalizer.from_stats(stats, modes)
-    return TrainingData(mixture, config, normalizer, [s.spec for s in stores], slots)
+    return TrainingData(mixture, config, normalizer, [s.spec for s in stores])

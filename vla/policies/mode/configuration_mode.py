@@ -1,6 +1,6 @@
 """Config of MoDE, the mixture-of-denoising-experts diffusion transformer policy.
 
-Defaults are the paper's values (see docs in /work/shared/reference/policies.md, section 1);
+Defaults are the paper's values (see docs in shared/reference/policies.md, section 1);
 `from_preset("paper")` is exactly the defaults, `from_preset("cpu")` a small model for tests and
 laptops. `use_moe=False` gives the dense diffusion-transformer baseline from the same code (each
 sparse MoE FFN replaced by one SwiGLU FFN of the same per-expert width).

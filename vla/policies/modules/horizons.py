@@ -1,6 +1,6 @@
 """Mixture of Horizons (MoH): one action transformer predicts chunks of several lengths at once.
 
-See /work/shared/reference/policies.md, section 3. The wrapper is objective-agnostic: it turns the
+See shared/reference/policies.md, section 3. The wrapper is objective-agnostic: it turns the
 action part of any policy whose action tokens go through a transformer (MoDE's denoiser, a
 flow-matching head, a one-step regression head) into a mixture of horizons:
 
