@@ -8,6 +8,7 @@ import typer
 
 from vla.cli import data, demo, robot, sim
 from vla.cli import eval as eval_cli
+from vla.cli import inspect as inspect_cli
 from vla.cli import train as train_cli
 from vla.errors import VlaError
 
@@ -24,6 +25,7 @@ app.add_typer(eval_cli.app, name="eval")
 app.command(name="train")(train_cli.train)
 app.command(name="demo")(demo.demo)
 app.add_typer(robot.app, name="robot")
+app.add_typer(inspect_cli.app, name="inspect")
 app.command(name="deploy")(robot.deploy)
 app.command(name="serve")(robot.serve)
 

@@ -70,6 +70,14 @@ def train(
     mixed_precision: Annotated[str, typer.Option(help="no | fp16 | bf16 (GPU only).")] = "no",
     cpu: Annotated[bool, typer.Option(help="Train on the CPU even if a GPU is present.")] = False,
     image_size: Annotated[int | None, typer.Option(help="Resize cameras to this square size in the loader.")] = None,
+    language: Annotated[
+        str,
+        typer.Option(
+            help="Training windows and their text: episode (the episode's task) | all (every frame; "
+            "annotation text where a language window covers it: CALVIN play data) | annotations "
+            "(only frames inside language windows: CALVIN's language-conditioned training)."
+        ),
+    ] = "episode",
     moh: Annotated[
         bool,
         typer.Option(
@@ -112,6 +120,7 @@ def train(
         log_every=log_every,
         save_every=save_every,
         image_size=(image_size, image_size) if image_size else None,
+        language=language,
     )
     overrides = parse_overrides(set_ or [])
     if moh or horizons:

@@ -42,6 +42,19 @@ NORMALIZATION_FILE = "normalization.json"
 C = TypeVar("C", bound="PolicyConfig")
 
 
+@dataclasses.dataclass
+class LayerRouting:
+    """One MoE layer's routing decision for a batch, as `Policy.inspect_routing` returns it.
+
+    `weights` (B, T, E): the combine weight of each expert for each routing unit (token or, for
+    sequence-level routers, T = 1), zero for experts not selected. `kind` says what the router
+    reads: "noise" (MoDE), "action_space" (HiMoE AS-MoE), "token" (HiMoE HB-MoE)."""
+
+    layer: str
+    kind: str
+    weights: torch.Tensor
+
+
 class PolicyError(VlaError):
     """A policy config, checkpoint or input that cannot work: says what and how to fix it."""
 
@@ -260,6 +273,17 @@ class Policy(nn.Module):
             except (json.JSONDecodeError, KeyError, ValueError) as e:
                 raise PolicyError(f"{norm_path}: unreadable normalisation statistics ({e})") from None
         return model.to(map_location)
+
+    # --- routing inspection (mixture-of-experts policies) ------------------------------------------------
+    @torch.no_grad()
+    def inspect_routing(self, batch: Mapping[str, Any], level: torch.Tensor) -> list[LayerRouting]:
+        """Run the action network once on a raw (unnormalised) training batch at noise/time `level`
+        (B,) and return every MoE layer's routing (for `vla inspect routing`). Dense policies raise."""
+        raise PolicyError(f"{type(self).__name__} has no mixture-of-experts layers to inspect")
+
+    def routing_levels(self) -> tuple[torch.Tensor, str]:
+        """The noise/time levels inference runs the action network at, and their name ("sigma", "t")."""
+        raise PolicyError(f"{type(self).__name__} has no mixture-of-experts layers to inspect")
 
     # --- accounting ------------------------------------------------------------------------------------
     def num_parameters(self, trainable_only: bool = False) -> int:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vla.datasets.sampler import LANGUAGE_MODES
 from vla.errors import VlaError
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -41,6 +42,10 @@ class TrainConfig:
     keep_checkpoints: int = 2  # older step_* directories are deleted
     progress: bool = True
     image_size: tuple[int, int] | None = None  # resize cameras in the loader (None: the store's size)
+    # Which frames anchor windows and which text they carry (vla.datasets.sampler.LANGUAGE_MODES):
+    # "episode" (the episode's task), "all" (play data: annotation text where one covers the frame),
+    # "annotations" (only frames inside language windows, as CALVIN's language-conditioned training).
+    language: str = "episode"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", tuple(str(p) for p in self.data))
@@ -57,6 +62,8 @@ class TrainConfig:
             problems.append(f"mixed_precision {self.mixed_precision!r} not in {MIXED_PRECISION}")
         if not 0 <= self.ema_decay < 1:
             problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.language not in LANGUAGE_MODES:
+            problems.append(f"language {self.language!r} not in {LANGUAGE_MODES}")
         if self.save_every < 1 or self.log_every < 1 or self.keep_checkpoints < 1:
             problems.append("save_every, log_every and keep_checkpoints must be >= 1")
         if problems:

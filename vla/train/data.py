@@ -94,13 +94,14 @@ def build_training_data(
     *,
     derive: Collection[str] = DATA_FIELDS,
     image_size: tuple[int, int] | None = None,
+    language: str = "episode",
 ) -> TrainingData:
     stores = open_stores(paths)
     slots = needs_slots(stores)
     config = resolve_config(config_cls, base, stores, slots, derive)
     check_stores(config, stores, slots)
     obs_keys = (*config.camera_keys, *((STATE_KEY,) if config.state_dim is not None else ()))
-    window = WindowConfig(n_obs=config.n_obs, horizons=(config.chunk_size,), obs_keys=obs_keys)
+    window = WindowConfig(n_obs=config.n_obs, horizons=(config.chunk_size,), obs_keys=obs_keys, language=language)
     datasets = [WindowDataset(s, window) for s in stores]
     mixture = MixtureDataset(datasets, slots=slots, image_size=image_size)
     modes = {k: m for k, m in config.normalization.items() if k == "action" or k in obs_keys}

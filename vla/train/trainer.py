@@ -131,7 +131,7 @@ def train(
     accelerator = Accelerator(cpu=tc.cpu, mixed_precision=tc.mixed_precision)
     set_seed(tc.seed + accelerator.process_index)
     base, derive = _policy_config(config_cls, preset, dict(overrides or {}), resume_from)
-    data = build_training_data(config_cls, base, tc.data, derive=derive, image_size=tc.image_size)
+    data = build_training_data(config_cls, base, tc.data, derive=derive, image_size=tc.image_size, language=tc.language)
     model: Policy = model_cls(data.config)
     model.set_normalization(data.normalizer)
     lr, betas, wd = _optimizer_settings(tc, data.config)

@@ -189,3 +189,11 @@ MoDEConfig.presets.update(
         },
     }
 )
+# CALVIN (the paper's CALVIN runs): chunks of 10, all executed, and 5 sampling steps; the cameras
+# (static + gripper in a CALVIN store) come from the store. `calvin_cpu`: the same at the cpu size.
+_CALVIN = {
+    "chunk_size": 10,
+    "n_action_steps": 10,
+    "num_sampling_steps": 5,
+}
+MoDEConfig.presets.update({"calvin": dict(_CALVIN), "calvin_cpu": {**MoDEConfig.presets["cpu"], **_CALVIN}})

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla.policies.base import Policy, PolicyError, register_policy
+from vla.policies.base import LayerRouting, Policy, PolicyError, register_policy
 from vla.policies.mode.caching import ExpertCache, build_expert_cache, schedule_key
 from vla.policies.mode.configuration_mode import MoDEConfig
 from vla.policies.modules.diffusion import EDM
@@ -44,7 +44,14 @@ from vla.policies.modules.horizons import (
     mixture_loss,
 )
 from vla.policies.modules.language import get_language_encoder
-from vla.policies.modules.moe import MoELayer, NoiseRouter, Routing, SwiGLU, load_balancing_loss
+from vla.policies.modules.moe import (
+    MoELayer,
+    NoiseRouter,
+    Routing,
+    SwiGLU,
+    dense_routing_weights,
+    load_balancing_loss,
+)
 from vla.policies.modules.vision import FiLMResNet, to_float_images
 
 FFNOverride = Callable[[torch.Tensor], torch.Tensor]
@@ -526,6 +533,39 @@ class MoDEPolicy(Policy):
     def _apply(self, fn, recurse=True):  # .to(), .cuda(), .half(): fused copies would be stale
         self._expert_cache = None
         return super()._apply(fn, recurse)
+
+    # --- routing inspection ---------------------------------------------------------------------------
+    def routing_levels(self) -> tuple[torch.Tensor, str]:
+        """The sampler's noise levels (without the final 0): where the noise router is consulted."""
+        return self.edm.sigmas(self.config.num_sampling_steps)[:-1], "sigma"
+
+    @torch.no_grad()
+    def inspect_routing(self, batch: Mapping[str, Any], level: torch.Tensor) -> list[LayerRouting]:
+        """Each MoE block's (deterministic) routing at noise level sigma = `level` (B,): the noise
+        router reads only the noise embedding, so one record per sequence (T = 1)."""
+        if not self.config.use_moe:
+            raise PolicyError("the dense MoDE baseline (use_moe=False) has no experts to inspect")
+        was_training = self.training
+        self.eval()
+        try:
+            batch = self._to_device(batch)
+            actions = self.normalize("action", batch["action"].float(), batch.get("embodiment_id"))
+            context = self.encode_observations(batch)
+            sigma = level.to(actions).reshape(-1, 1, 1)
+            noised = actions + torch.randn_like(actions) * sigma
+            x_in = noised / (sigma**2 + self.config.sigma_data**2).sqrt()
+            noise_cond = self.edm.noise_cond(sigma.reshape(-1))
+            if self.moh is not None:
+                routings: list[Routing] = []
+                self._horizon_outputs(x_in, noise_cond, context, routings=routings)
+            else:
+                routings = self.transformer(x_in, noise_cond, context, attn_mask=self._plain_mask())[1]
+        finally:
+            self.train(was_training)
+        return [
+            LayerRouting(f"block{i}.ffn", "noise", dense_routing_weights(r).unsqueeze(1))
+            for i, r in enumerate(routings)
+        ]
 
     # --- accounting ---------------------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:

@@ -129,6 +129,15 @@ def load_balancing_loss(routing: Routing) -> torch.Tensor:
     return n_experts * (frac * probs.mean(0)).sum()
 
 
+def dense_routing_weights(routing: Routing) -> torch.Tensor:
+    """(..., E) combine weight per expert (zero where not chosen): the routing as inspection shows it."""
+    n_experts = routing.probs.shape[-1]
+    dense = torch.zeros(
+        *routing.indices.shape[:-1], n_experts, dtype=routing.weights.dtype, device=routing.weights.device
+    )
+    return dense.scatter_add(-1, routing.indices, routing.weights)
+
+
 # --- the layer -----------------------------------------------------------------------------------
 
 
