@@ -8,24 +8,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tests.analysis.conftest import MOE
 from tests.train.helpers import TINY, write_reach_store
 from vla.analysis.routing import RoutingError, collect_routing, resolve_checkpoint, routing_purity
+from vla.analysis.windows import WindowsError
 from vla.cli import app
 from vla.policies.base import Policy, PolicyError
 from vla.train import TrainConfig, train
-
-MOE = {**TINY, "n_layers": 2, "n_experts": 4, "top_k": 2}
-
-
-@pytest.fixture(scope="module")
-def two_embodiment_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("routing")
-    a = write_reach_store(root / "eef.zarr", episodes=4, length=20)
-    b = write_reach_store(root / "joint.zarr", episodes=4, length=20, action="joint5_gripper", embodiment="toy_b")
-    tc = TrainConfig(data=(str(a.path), str(b.path)), out=str(root / "run"), steps=4, batch_size=8,
-                     warmup_steps=1, progress=False)  # fmt: skip
-    train("mode", tc, preset="cpu", overrides=MOE)
-    return root, (str(a.path), str(b.path))
 
 
 def test_counts_cover_every_layer_group_and_level(two_embodiment_run):
@@ -73,7 +62,7 @@ def test_unfit_inputs_fail_clearly(two_embodiment_run, tmp_path):
     root, stores = two_embodiment_run
     policy = Policy.from_pretrained(resolve_checkpoint(root / "run"))
     other = write_reach_store(tmp_path / "c.zarr", episodes=2, length=20, action="joint5_gripper", embodiment="toy_c")
-    with pytest.raises(RoutingError, match="toy_c.*not in the checkpoint"):
+    with pytest.raises(WindowsError, match=r"toy_c.*not in the checkpoint"):
         collect_routing(policy, [stores[0], str(other.path)], windows=4)
     with pytest.raises(RoutingError, match="neither a checkpoint"):
         resolve_checkpoint(tmp_path)

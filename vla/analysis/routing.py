@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla.datasets.normalize import MultiNormalizer
-from vla.datasets.sampler import MixtureDataset, WindowConfig, WindowDataset
+from vla.analysis.windows import collate, embodiment_remap, policy_windows
 from vla.errors import VlaError
 from vla.policies.base import Policy
 
@@ -111,13 +110,8 @@ def collect_routing(
     seed: int = 0,
 ) -> RoutingStats:
     levels, level_name = policy.routing_levels()
-    cfg = policy.config
-    obs_keys = tuple(cfg.observation_keys)
-    window = WindowConfig(n_obs=cfg.n_obs, horizons=(cfg.chunk_size,), obs_keys=obs_keys)
-    datasets = [WindowDataset(str(s), window) for s in stores]
-    slots = isinstance(policy.normalizer, MultiNormalizer)
-    mixture = MixtureDataset(datasets, slots=slots)
-    remap = _embodiment_remap(policy, mixture.embodiments, slots)
+    mixture = policy_windows(policy, stores)
+    remap = embodiment_remap(policy, mixture.embodiments)
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(mixture), size=min(windows, len(mixture)), replace=False)
     gen = torch.Generator().manual_seed(seed)
@@ -125,11 +119,9 @@ def collect_routing(
     policy.eval()
     for start in range(0, len(picks), batch_size):
         items = [mixture[int(i)] for i in picks[start : start + batch_size]]
-        batch = _collate(items)
+        batch = collate(items, remap)
         names = [it["embodiment"] for it in items]
         tasks = [str(it.get("task", "")) for it in items]
-        if remap is not None:
-            batch["embodiment_id"] = torch.tensor([remap[n] for n in names])
         for level in levels:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             level_vec = torch.full((len(items),), float(level))
@@ -151,34 +143,6 @@ def _count(stats: RoutingStats, rec: Any, names: list[str], tasks: list[str], le
         top = np.bincount(w[row].argmax(-1), minlength=e)
         prev = stats.top1[rec.layer].get(names[row])
         stats.top1[rec.layer][names[row]] = top if prev is None else prev + top
-
-
-def _embodiment_remap(policy: Policy, embodiments: Sequence[str], slots: bool) -> dict[str, int] | None:
-    """Store embodiment name -> the checkpoint's embodiment id (the stores may be another mixture)."""
-    if not slots:
-        return None
-    names = list(policy.normalizer.names)  # type: ignore[union-attr]
-    unknown = [e for e in embodiments if e not in names]
-    if unknown:
-        raise RoutingError(
-            f"embodiment(s) {unknown} are not in the checkpoint (trained on {names}); inspect with its own stores"
-        )
-    return {e: names.index(e) for e in embodiments}
-
-
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in items[0]:
-        vals = [it[key] for it in items]
-        if isinstance(vals[0], torch.Tensor):
-            out[key] = torch.stack(vals)
-        elif isinstance(vals[0], np.ndarray):
-            out[key] = torch.from_numpy(np.stack(vals))
-        elif isinstance(vals[0], bool | int | np.integer):
-            out[key] = torch.tensor(vals)
-        else:
-            out[key] = vals
-    return out
 
 
 def _label_order(label: str) -> tuple[int, float | str]:
