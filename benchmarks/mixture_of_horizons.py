@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-DEFAULT_STORE = Path("outputs/demo/stores/libero.zarr")  # relative to the repository root, as `make demo` writes
+from libero_runs import DEFAULT_STORE, ensure_store, evaluate_success, train_run
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,90 +57,16 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def ensure_store(store: Path, seed: int) -> Path:
-    if store.exists():
-        return store
-    from vla.demo import DemoConfig, DemoResult, stage_convert, stage_demos
-
-    root = store.parent.parent if store.parent.name == "stores" else store.parent
-    cfg = DemoConfig(out=root, seed=seed, progress=False)
-    res = DemoResult()
-    print(stage_demos(cfg, res), flush=True)
-    print(stage_convert(cfg, res), flush=True)
-    built = Path(res.artifacts["store"])
-    if built != store:
-        raise SystemExit(f"built {built}; pass --store {built}")
-    return built
-
-
 def train_model(name: str, args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Path, float]:
-    from vla.train import TrainConfig, train
-    from vla.train.checkpoint import latest_checkpoint
-
-    run = args.out / f"train_{name}"
-    last = latest_checkpoint(run)
-    if last is not None and int(last.name.split("_")[1]) >= args.steps:
-        print(f"[{name}] reusing {last}", flush=True)
-        return run / "last", float("nan")
-    tc = TrainConfig(
-        data=(str(args.store),),
-        out=str(run),
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=min(100, args.steps),
-        seed=args.seed,
-        save_every=max(args.steps // 2, 1),
-        log_every=max(min(50, args.steps // 10), 1),
-        progress=False,
-    )
-    t0 = time.perf_counter()
-    result = train("mode", tc, preset="cpu", overrides=overrides, resume=last is not None)
-    seconds = time.perf_counter() - t0
-    print(
-        f"[{name}] trained {result.steps} steps in {seconds:.0f} s, loss {result.first_loss:.3f} -> "
-        f"{result.last_loss:.3f}",
-        flush=True,
-    )
-    return run / "last", seconds
+    ckpt, info = train_run(name, args.out / f"train_{name}", [args.store], args.steps, overrides=overrides,
+                           batch_size=args.batch_size, lr=args.lr, seed=args.seed)  # fmt: skip
+    return ckpt, info["train_s"]
 
 
 def evaluate(name: str, ckpt: Path, args: argparse.Namespace, dynamic: float | None) -> dict[str, Any]:
-    from vla.eval.episodes import parse_ids
-    from vla.eval.libero import LiberoEvalConfig, evaluate_libero
-
-    out = args.out / f"eval_{name}"
-    t0 = time.perf_counter()
-    summary = evaluate_libero(
-        LiberoEvalConfig(
-            suite=args.suite,
-            out=out,
-            policy=str(ckpt),
-            tasks=parse_ids(args.tasks),
-            preset=args.preset,
-            init_states=parse_ids(args.init_states),
-            seed=args.seed,
-            max_steps=args.max_steps,
-            dynamic_horizon=dynamic,
-        ),
-        progress=False,
-    )
-    records = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines() if line.strip()]
-    calls = sum(r["policy_calls"] for r in records)
-    executed = sum(r["actions_executed"] for r in records)
-    planned = sum(r["actions_executed"] + r["actions_discarded"] for r in records)
-    row = {
-        "variant": name,
-        "success_rate": summary["success_rate"],
-        "episodes": summary["episodes"],
-        "calls_per_episode": calls / max(len(records), 1),
-        "actions_per_call": executed / max(calls, 1),
-        "planned_per_call": planned / max(calls, 1),  # incl. the actions a success or the budget cut off
-        "wall_s_per_episode": statistics.fmean(r["wall_s"] for r in records) if records else 0.0,
-        "eval_s": time.perf_counter() - t0,
-    }
-    print(f"[{name}] {json.dumps(row)}", flush=True)
-    return row
+    return evaluate_success(name, ckpt, args.out / f"eval_{name}", suite=args.suite, tasks=args.tasks,
+                            init_states=args.init_states, preset=args.preset, seed=args.seed,
+                            max_steps=args.max_steps, dynamic=dynamic)  # fmt: skip
 
 
 def time_calls(ckpt: Path, n: int, dynamic: float | None = None) -> float:
