@@ -1,4 +1,4 @@
-"""`vla eval`: closed-loop evaluation in simulators (LIBERO; CALVIN later)."""
+"""`vla eval`: closed-loop evaluation in simulators (LIBERO, CALVIN)."""
 
 from __future__ import annotations
 
@@ -76,3 +76,84 @@ def libero(
     summary = evaluate_libero(config, progress=progress)
     print_summary(summary)
     typer.echo(f"success rate {summary['success_rate']:.1%} over {summary['episodes']} episodes; {out}/summary.json")
+
+
+@app.command()
+def calvin(
+    out: Annotated[
+        Path,
+        typer.Option(help="Results folder: episodes.jsonl (one line per chain), summary.json, report.md, videos/."),
+    ],
+    policy: Annotated[
+        str, typer.Option(help="Checkpoint directory (trained on a CALVIN store), or 'random'.")
+    ] = "random",
+    chains: Annotated[
+        int, typer.Option(help="Evaluate the first N of the 1000 reference chains (5 subtasks each).")
+    ] = 1000,
+    chain_ids: Annotated[
+        str | None, typer.Option(help="Explicit chain ids instead, e.g. '0-9' or '3,17'; overrides --chains.")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes, each owning one simulator.")] = 1,
+    policy_in_workers: Annotated[
+        bool, typer.Option(help="Each worker loads its own policy instead of one batched policy here.")
+    ] = False,
+    replan_steps: Annotated[
+        int | None, typer.Option(help="Actions executed per plan (default: the policy's n_action_steps).")
+    ] = None,
+    max_steps: Annotated[int, typer.Option(help="Step budget per subtask (the protocol's is 360).")] = 360,
+    seed: Annotated[int, typer.Option(help="The run's seed (policy sampling, random policy).")] = 0,
+    videos: Annotated[int, typer.Option(help="MP4 videos of chains to keep, failed chains first (static camera).")] = 0,
+    video_chains: Annotated[str | None, typer.Option(help="Chain ids whose video is always kept, e.g. '0,5'.")] = None,
+    device: Annotated[str, typer.Option(help="Torch device of the policy.")] = "cpu",
+    renderer: Annotated[str, typer.Option(help="Simulator renderer: egl (GPU, as the dataset) | tiny (CPU).")] = "egl",
+    dynamic_horizon: Annotated[
+        float | None,
+        typer.Option(
+            "--dynamic-horizon", metavar="RATIO", help="Mixture-of-horizons checkpoints: dynamic inference ratio."
+        ),
+    ] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            hidden=True,
+            help="'calvin' (calvin_env, install with `vla sim calvin-setup PATH`) or 'fake' (kinematic test scene; "
+            "with --policy scripted it completes some subtasks).",
+        ),
+    ] = "calvin",
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out (else start over).")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar with the running rates.")] = True,
+) -> None:
+    """Evaluate a policy on CALVIN's long-horizon chains (the reference protocol, environment D).
+
+    Each chain starts from its reference scene and asks for 5 language subtasks in a row, 360 steps each.
+
+    The scene is not reset between subtasks; a chain stops at its first failure.
+
+    Reports the share of chains with at least 1..5 successes in a row and the average completed length.
+
+    Needs the CALVIN simulator: `vla sim calvin-setup PATH`. A killed run resumes from episodes.jsonl.
+    """
+    from vla.eval.calvin import CalvinEvalConfig, evaluate_calvin, print_summary
+    from vla.eval.episodes import parse_ids
+
+    config = CalvinEvalConfig(
+        out=out,
+        policy=policy,
+        chains=chains,
+        chain_ids=parse_ids(chain_ids) if chain_ids else None,
+        max_steps=max_steps,
+        seed=seed,
+        replan_steps=replan_steps,
+        workers=workers,
+        policy_in_workers=policy_in_workers,
+        videos=videos,
+        video_chains=parse_ids(video_chains) if video_chains else None,
+        device=device,
+        backend=backend,
+        renderer=renderer,
+        dynamic_horizon=dynamic_horizon,
+        resume=resume,
+    )
+    summary = evaluate_calvin(config, progress=progress)
+    print_summary(summary)
+    typer.echo(f"average length {summary['avg_len']:.2f} over {summary['chains']} chains; {out}/summary.json")

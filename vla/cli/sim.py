@@ -126,3 +126,26 @@ def results_table(suite: str, reports: list[TaskReport]) -> Table:
 
 def _tasks(n: int) -> str:
     return f"{n} task" if n == 1 else f"{n} tasks"
+
+
+@app.command(name="calvin-setup")
+def calvin_setup(
+    path: Annotated[
+        Path, typer.Argument(help="A git clone of mees/calvin_env (or of mees/calvin, with calvin_env in it).")
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the pip command and what it would install; install nothing.")
+    ] = False,
+    constraints: Annotated[
+        Path | None, typer.Option(help="Where to write the constraints file (default: a new temporary folder).")
+    ] = None,
+) -> None:
+    """Install CALVIN's simulator from a source checkout into this Python environment, editable, without
+    up- or downgrading anything already installed (torch, numpy, ...)."""
+    from vla.sim.calvin.setup import run_setup
+
+    def say(line: str) -> None:
+        # paths and pip arguments are not rich markup; soft_wrap keeps the pip command copyable
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    run_setup(path, dry_run=dry_run, constraints=constraints, say=say)

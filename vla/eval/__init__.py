@@ -9,5 +9,6 @@ Generic, benchmark-neutral pieces (CALVIN reuses them):
 - `results`: the resumable `episodes.jsonl` log, `run.json` settings check, per-group rates;
 - `report`: rich table, Markdown report + PNG plot, MP4 videos (failures first);
 - `fit`: policy vs environment checks before the first episode.
-Protocols: `libero` (presets openpi / libero / mode, `evaluate_libero`).
+Protocols: `libero` (presets openpi / libero / mode, `evaluate_libero`); `calvin` (the reference's
+1000 chains of 5 subtasks as multi-stage episodes, `evaluate_calvin`).
 """

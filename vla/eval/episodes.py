@@ -3,6 +3,10 @@
 A spec names everything needed to replay the episode: the environment to build (`env_key`, read by
 the protocol's env factory), the fixed initial state and the seeds. `episode_id` is unique within
 an evaluation and is the resume key: a result with that id in the log means the episode is done.
+
+An episode may have several stages (a CALVIN chain: one language subtask per stage, see
+`vla.eval.worker.MultiStageEnv`); its result then lists them in `stages`, and `success` means
+every stage succeeded.
 """
 
 from __future__ import annotations
@@ -49,10 +53,26 @@ class EpisodeResult:
     language: str = ""
     error: str | None = None  # an exception during the episode: it counts as a failure
     meta: dict[str, Any] = field(default_factory=dict)
+    # Multi-stage episodes only: per stage run, {"stage", "name", "language", "success", "steps"}.
+    stages: list[dict[str, Any]] | None = None
+
+    @property
+    def stages_completed(self) -> int:
+        """Consecutive successful stages from the first (1 or 0 for a single-stage episode)."""
+        if self.stages is None:
+            return int(self.success)
+        n = 0
+        for stage in self.stages:
+            if not stage["success"]:
+                break
+            n += 1
+        return n
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         meta = d.pop("meta")
+        if d["stages"] is None:  # single-stage logs stay as they were
+            del d["stages"]
         return {**meta, **d}
 
     @classmethod

@@ -8,7 +8,8 @@ re-planning, so policies that choose their own horizon (Mixture-of-Horizons) nee
 Batch layout (numpy, one row per environment that needs a plan): each observation key the planner
 reads -> (B, n_obs, ...) with images uint8 HWC as the environment gives them; `task` list[str];
 `episode_id` list[str]; `plan_index` list[int] (0 for an episode's first plan); `policy_seed`
-list[int].
+list[int]; `stage` list[int] (multi-stage episodes such as CALVIN chains: the stage whose
+instruction `task` holds; a new stage starts from a fresh observation history).
 """
 
 from __future__ import annotations

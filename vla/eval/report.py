@@ -9,7 +9,7 @@ that fills those gets the same report.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,26 +96,59 @@ def plot_success(summary: Mapping[str, Any], path: str | Path) -> Path:
     return Path(path)
 
 
-def write_report(out_dir: str | Path, summary: Mapping[str, Any]) -> Path:
-    """report.md: settings, the success table, the plot and links to the saved videos."""
+def plot_bars(
+    path: str | Path, labels: Sequence[str], values: Sequence[float], title: str, ylabel: str, ymax: float = 1.05
+) -> Path:
+    """A plain bar chart with the values written on the bars (e.g. CALVIN's success by chain position)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(labels) + 2), 3.2))
+    bars = ax.bar(list(labels), list(values), color="tab:blue")
+    ax.bar_label(bars, labels=[f"{v:.1%}" if ymax <= 1.05 else f"{v:.2f}" for v in values], fontsize=7)
+    ax.set_ylim(0, ymax)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_report(
+    out_dir: str | Path,
+    summary: Mapping[str, Any],
+    *,
+    headline: str | None = None,
+    sections: Sequence[str] = (),
+    plot: Callable[[Mapping[str, Any], Path], Path] = plot_success,
+) -> Path:
+    """report.md: settings, the success table, the plot and links to the saved videos.
+
+    A protocol may replace the headline sentence and the plot, and add Markdown `sections` (placed
+    before the per-task table), e.g. CALVIN's success by chain position."""
     out = Path(out_dir)
-    plot = plot_success(summary, out / PLOT_FILE)
+    plot_path = plot(summary, out / PLOT_FILE)
     settings = summary.get("settings", {})
+    default_headline = (
+        f"Policy: `{summary.get('policy', {}).get('source', '')}`; "
+        f"{summary.get('episodes', 0)} episodes, success rate {summary.get('success_rate', 0):.1%}, "
+        f"wall time {summary.get('wall_s', 0):.0f} s."
+    )
     lines = [
         f"# {summary.get('benchmark', 'eval')} evaluation ({summary.get('preset', '')} protocol)",
         "",
-        f"Policy: `{summary.get('policy', {}).get('source', '')}`; "
-        f"{summary.get('episodes', 0)} episodes, success rate {summary.get('success_rate', 0):.1%}, "
-        f"wall time {summary.get('wall_s', 0):.0f} s.",
+        headline or default_headline,
         "",
-        markdown_table(summary),
-        "",
-        f"![success rate per task]({plot.name})",
-        "",
-        "## Settings",
-        "",
-        *(f"- `{k}`: {_fmt(v)}" for k, v in settings.items()),
     ]
+    if sections:  # the protocol's own tables lead, with the plot; the per-task table follows
+        lines += [*(line for section in sections for line in (section, "")), f"![success plot]({plot_path.name})", ""]
+        lines += [markdown_table(summary), ""]
+    else:
+        lines += [markdown_table(summary), "", f"![success rate per task]({plot_path.name})", ""]
+    lines += ["## Settings", "", *(f"- `{k}`: {_fmt(v)}" for k, v in settings.items())]
     videos = summary.get("videos") or []
     if videos:
         lines += ["", "## Videos", "", *(f"- [{Path(v).name}]({v})" for v in videos)]

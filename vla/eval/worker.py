@@ -9,6 +9,11 @@ once per plan, not once per step.
 
 Workers speak that conversation over a pipe (`ProcessWorker`) or by direct calls (`LocalWorker`);
 with a planner of their own (policy per worker) they run whole episodes and only report results.
+
+Multi-stage environments (`MultiStageEnv`, e.g. a CALVIN chain of 5 subtasks) run as one episode:
+when a stage succeeds and another follows, the env moves on WITHOUT a reset, the language changes,
+the observation history restarts from the current frame, the rest of the action chunk is dropped
+(counted as discarded) and the step budget starts again; the first failed stage ends the episode.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -31,12 +36,29 @@ from vla.sim.base import SimEnv
 EnvFactory = Callable[[EpisodeSpec], SimEnv]  # must be picklable for worker processes
 
 
+@runtime_checkable
+class MultiStageEnv(Protocol):
+    """What a `SimEnv` adds to run several stages per episode (see the module docstring).
+
+    `num_stages` is read after `reset`; `task_language`, `max_steps` and `step(...).success` refer
+    to the current stage; `next_stage()` advances without resetting and returns the observation."""
+
+    @property
+    def num_stages(self) -> int: ...
+
+    @property
+    def subtask(self) -> str: ...
+
+    def next_stage(self) -> dict[str, np.ndarray]: ...
+
+
 @dataclass
 class Reply:
     kind: str  # "plan" (needs actions), "done" (episode finished), "fatal" (the worker cannot go on)
     history: dict[str, np.ndarray] | None = None  # "plan": key -> (n_obs, ...)
     language: str = ""
     plan_index: int = 0
+    stage: int = 0  # multi-stage episodes: which stage the plan is for
     result: EpisodeResult | None = None  # "done"
     states: np.ndarray | None = None  # "done" with recording: (T, D) simulator states, one per frame
     error: str = ""  # "fatal"
@@ -67,17 +89,21 @@ class EpisodeSlot:
         self.steps = self.calls = self.executed = self.discarded = 0
         self.states: list[np.ndarray] = []
         self.language = ""
+        self.stage = self.stage_steps = 0
+        self.stages: list[dict[str, Any]] | None = None
         try:
             env = self._env_for(spec)
         except Exception as e:  # not an episode failure: no episode of this env could run
             return Reply("fatal", error=f"building the environment for {spec.env_key} failed: {type(e).__name__}: {e}")
         self.t0 = time.perf_counter()  # an episode's wall time excludes building the simulator
         try:
-            self.language = env.task_language
             obs = env.reset(spec.init_state_id)
+            self.language = env.task_language  # after reset: a multi-stage env names its first stage then
+            if is_multi_stage(env):
+                self.stages = []
         except Exception as e:  # openpi's rule: an exception during an episode is a failure
             return self._done(False, e)
-        self.history = {k: deque([obs[k]] * self.config.n_obs, maxlen=self.config.n_obs) for k in self.config.obs_keys}
+        self._restart_history(obs)
         self._keep_state(env)
         return self._plan_request()
 
@@ -92,16 +118,53 @@ class EpisodeSlot:
                 self.discarded += n - i
                 return self._done(False, e)
             self.steps += 1
+            self.stage_steps += 1
             self.executed += 1
             for k, frames in self.history.items():
                 frames.append(result.obs[k])
             self._keep_state(self.env)
-            if result.success or self.steps >= self.env.max_steps:
+            if result.success or self.stage_steps >= self.env.max_steps:
                 self.discarded += n - i - 1
+                if result.success and self.stages is not None:
+                    return self._stage_done()
                 return self._done(result.success)
         return self._plan_request()
 
     # --- pieces -------------------------------------------------------------------------------------
+    def _stage_done(self) -> Reply:
+        """A stage succeeded: the episode ends when it was the last, else the next stage starts."""
+        env = self.env
+        assert env is not None and self.stages is not None
+        self._record_stage(True)
+        if self.stage + 1 >= env.num_stages:  # type: ignore[attr-defined]
+            return self._done(True)
+        try:
+            obs = env.next_stage()  # type: ignore[attr-defined]
+            self.language = env.task_language
+        except Exception as e:
+            return self._done(False, e)
+        self.stage += 1
+        self.stage_steps = 0
+        self._restart_history(obs)  # the planner starts the new instruction from a fresh history
+        return self._plan_request()
+
+    def _record_stage(self, success: bool) -> None:
+        if self.stages is None or self.env is None or len(self.stages) > self.stage:
+            return
+        name = getattr(self.env, "subtask", "")
+        self.stages.append(
+            {
+                "stage": self.stage,
+                "name": name,
+                "language": self.language,
+                "success": success,
+                "steps": self.stage_steps,
+            }
+        )
+
+    def _restart_history(self, obs: dict[str, np.ndarray]) -> None:
+        self.history = {k: deque([obs[k]] * self.config.n_obs, maxlen=self.config.n_obs) for k in self.config.obs_keys}
+
     def _env_for(self, spec: EpisodeSpec) -> SimEnv:
         if self.env is None or self.env_key != spec.env_key:
             self.close()
@@ -117,11 +180,16 @@ class EpisodeSlot:
 
     def _plan_request(self) -> Reply:
         history = {k: np.stack(list(v)) for k, v in self.history.items()}
-        return Reply("plan", history=history, language=self.language, plan_index=self.calls)
+        return Reply("plan", history=history, language=self.language, plan_index=self.calls, stage=self.stage)
 
     def _done(self, success: bool, error: BaseException | None = None) -> Reply:
         spec = self.spec
         assert spec is not None
+        if self.stages is not None and not success:
+            try:
+                self._record_stage(False)
+            except Exception:  # an env that broke mid-stage may not name its stage any more
+                self.stages.append({"stage": self.stage, "name": "", "language": self.language, "success": False})
         result = EpisodeResult(
             episode_id=spec.episode_id,
             task=spec.task,
@@ -138,6 +206,7 @@ class EpisodeSlot:
             language=self.language,
             error=None if error is None else f"{type(error).__name__}: {error}",
             meta=dict(spec.meta),
+            stages=self.stages,
         )
         states = np.stack(self.states) if self.record and self.states else None
         self.states = []
@@ -168,8 +237,15 @@ def batch_of(replies: list[Reply], specs: list[EpisodeSpec]) -> dict[str, Any]:
     batch["task"] = [r.language for r in replies]
     batch["episode_id"] = [s.episode_id for s in specs]
     batch["plan_index"] = [r.plan_index for r in replies]
+    batch["stage"] = [r.stage for r in replies]  # multi-stage episodes: a new stage restarts the instruction
     batch["policy_seed"] = [s.policy_seed for s in specs]
     return batch
+
+
+def is_multi_stage(env: Any) -> bool:
+    """Whether `env` runs several stages per episode (checked on its class: no property is evaluated)."""
+    cls = type(env)
+    return all(hasattr(cls, name) for name in ("num_stages", "subtask", "next_stage"))
 
 
 # --- transports -------------------------------------------------------------------------------------

@@ -44,44 +44,51 @@ import numpy as np
 
 from vla.datasets.convert.base import files_fingerprint
 from vla.datasets.declare import Declaration, preset
-from vla.datasets.spec import CameraSpec, DimSpec, KeySpec, SourceInfo, StoreSpec, dims
+from vla.datasets.spec import KeySpec, SourceInfo, StoreSpec
 from vla.datasets.store import Episode
 from vla.errors import DataError
+from vla.sim.calvin.conventions import (
+    ABS_PRESET,
+    CAMERAS,
+    EMBODIMENT,
+    FPS,
+    LOWDIM_WIDTH,
+    REL_PRESET,
+    ROBOT_OBS_DIMS,
+    ROBOT_TYPE,
+    SCENE_OBS_NAMES,
+    calvin_spec,
+    camera_key,
+    lowdim_targets,
+)
 
-FPS = 30.0  # calvin_env's control_freq: one recorded frame per control step
-EMBODIMENT = "calvin_panda"
-ROBOT_TYPE = "franka_panda"
 TRAINING = "training"
 IDS_FILE = "ep_start_end_ids.npy"
 LANG_FILE = Path("lang_annotations") / "auto_lang_ann.npy"
 SCENE_FILE = "scene_info.npy"
 STATS_FILE = "statistics.yaml"
-REL_PRESET, ABS_PRESET = "eef_rel_euler_gripper", "eef_abs_euler_gripper"
-# npz key -> per-frame width of the low-dimensional arrays every frame must have.
-LOWDIM_WIDTH = {"actions": 7, "rel_actions": 7, "robot_obs": 15, "scene_obs": 24}
-CAMERAS = {"rgb_static": "static", "rgb_gripper": "gripper"}
 NOT_CONVERTED = ("depth_static", "depth_gripper", "rgb_tactile", "depth_tactile")
 ORIENTATIONS = ("upright", "rotated_180")
 UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
-
-_XYZ = ("x", "y", "z")
-# robot_obs as calvin_env's Robot.get_observation builds it (euler_obs), named after its labels.
-ROBOT_OBS_DIMS: tuple[DimSpec, ...] = (
-    *dims([f"tcp_pos_{a}" for a in _XYZ], "eef_pos", "absolute", frame="world", unit="m"),
-    *dims([f"tcp_orn_{a}" for a in _XYZ], "eef_rot_euler", "absolute", frame="world", unit="rad"),
-    DimSpec("gripper_opening_width", "gripper", "absolute", unit="m", low=0.0, high=0.08),
-    *dims([f"robot_joint_{i}" for i in range(7)], "joint_pos", "absolute", unit="rad"),
-    DimSpec("gripper_action", "gripper", "absolute", unit="-1 close, +1 open", low=-1.0, high=1.0),
-)
-SCENE_OBS_NAMES: tuple[str, ...] = (
-    "sliding_door",
-    "drawer",
-    "button",
-    "switch",
-    "lightbulb",
-    "green_light",
-    *(f"{block}_block_{q}" for block in ("red", "blue", "pink") for q in (*_XYZ, "euler_x", "euler_y", "euler_z")),
-)
+# The key/dtype/name conventions (FPS, CAMERAS, ROBOT_OBS_DIMS, ...) live in vla.sim.calvin.conventions,
+# shared with the simulator environment; they are re-exported here for existing importers.
+__all__ = [
+    "ABS_PRESET",
+    "CAMERAS",
+    "EMBODIMENT",
+    "FPS",
+    "LOWDIM_WIDTH",
+    "REL_PRESET",
+    "ROBOT_OBS_DIMS",
+    "ROBOT_TYPE",
+    "SCENE_OBS_NAMES",
+    "CalvinConverter",
+    "find_split",
+    "frame_path",
+    "read_language",
+    "read_scene_info",
+    "read_segments",
+]
 
 
 def frame_path(split: Path, frame_id: int) -> Path:
@@ -233,14 +240,8 @@ class CalvinConverter:
         # An absolute tcp-position action means the `actions` array; anything else `rel_actions`.
         absolute = any(d.kind == "eef_pos" and d.mode == "absolute" for d in self.action)
         self.action_source = "actions" if absolute else "rel_actions"
-        other = "rel_actions" if absolute else "actions"
         self.other_action_key = "action.relative" if absolute else "action.absolute"
-        self.lowdim_targets = {
-            self.action_source: "action",
-            other: self.other_action_key,
-            "robot_obs": "observation.state",
-            "scene_obs": "observation.scene_obs",
-        }
+        self.lowdim_targets = lowdim_targets(self.action_source)
         self.orientation = self._orientations()
         self.segments = read_segments(self.src / IDS_FILE)
         self.windows, self.task_names, self.num_windows = read_language(self.src / LANG_FILE, self.segments)
@@ -303,15 +304,15 @@ class CalvinConverter:
         n = last - first + 1
         # Preallocated once per episode: peak memory is one segment, not one segment twice.
         frames = {target: np.empty((n, LOWDIM_WIDTH[key]), np.float32) for key, target in self.lowdim_targets.items()}
-        for key, cam in CAMERAS.items():
-            frames[f"observation.images.{cam}"] = np.empty((n, *self.image_shapes[key]), np.uint8)
+        for key in CAMERAS:
+            frames[camera_key(key)] = np.empty((n, *self.image_shapes[key]), np.uint8)
         for j, frame_id in enumerate(range(first, last + 1)):
             data = self._read_frame(frame_id, segment)
             for key, target in self.lowdim_targets.items():
                 frames[target][j] = data[key]
             for key, cam in CAMERAS.items():
                 flip = self.orientation[cam] == "rotated_180"  # store upright
-                frames[f"observation.images.{cam}"][j] = data[key][::-1, ::-1] if flip else data[key]
+                frames[camera_key(key)][j] = data[key][::-1, ::-1] if flip else data[key]
         return Episode(
             frames=frames,
             task=self.decl.task,
@@ -322,23 +323,16 @@ class CalvinConverter:
     # --- the converter protocol --------------------------------------------------------------
     def spec(self) -> StoreSpec:
         other_preset = ABS_PRESET if self.other_action_key == "action.absolute" else REL_PRESET
-        extra = {
-            self.other_action_key: KeySpec("float32", (7,), tuple(d.name for d in preset(other_preset))),
-            "observation.scene_obs": KeySpec("float32", (24,), SCENE_OBS_NAMES),
-        }
-        cameras = tuple(
-            CameraSpec(cam, h, w, c, "upright", self.orientation[cam])
-            for key, cam in CAMERAS.items()
-            for h, w, c in [self.image_shapes[key]]
-        )
-        return StoreSpec(
+        extra = {self.other_action_key: KeySpec("float32", (7,), tuple(d.name for d in preset(other_preset)))}
+        return calvin_spec(
+            self.image_shapes,
+            self.orientation,
+            action=self.action,
+            state=self.state,
+            extra_keys=extra,
             fps=self.decl.fps or FPS,
             embodiment=self.decl.embodiment or EMBODIMENT,
             robot_type=self.decl.robot_type or ROBOT_TYPE,
-            action=self.action,
-            state=self.state,
-            cameras=cameras,
-            extra_keys=extra,
             source=SourceInfo("calvin", path=str(self.src), details=self._details()),
         )
 
