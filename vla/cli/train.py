@@ -27,13 +27,16 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def moh_settings(policy: str, horizons: str | None = None) -> dict[str, Any]:
-    """The config overrides of `--moh` / `--horizons` (MoDE is the policy with a mixture of horizons)."""
+    """The config overrides of `--moh` / `--horizons` (for the policies with a mixture of horizons)."""
     from vla.policies.modules.horizons import DEFAULT_HORIZONS, parse_horizons
     from vla.train.config import TrainError
 
-    if policy != "mode":
-        raise TrainError(f"--moh: the mixture of horizons is built for the 'mode' policy, not {policy!r}")
-    from vla.policies.mode.configuration_mode import moh_overrides
+    if policy == "mode":
+        from vla.policies.mode.configuration_mode import moh_overrides
+    elif policy == "himoe":
+        from vla.policies.himoe.configuration_himoe import moh_overrides
+    else:
+        raise TrainError(f"--moh: the mixture of horizons is built for the 'mode' and 'himoe' policies, not {policy!r}")
 
     try:
         hs = parse_horizons(horizons) if horizons else DEFAULT_HORIZONS

@@ -331,6 +331,7 @@ def register_policy(config_cls: type[PolicyConfig]):
 
 
 def _load_builtin_policies() -> None:
+    import vla.policies.himoe  # (registers "himoe")
     import vla.policies.mode  # noqa: F401  (registers "mode")
 
 

@@ -202,8 +202,9 @@ class MixtureOfHorizons(nn.Module):
 
 
 def _masked_mean(err: torch.Tensor, mask: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    m = mask.to(err.dtype).expand_as(err)
-    return (err * m).sum(dims) / m.sum(dims).clamp_min(1)
+    # `where`, not a product: a non-finite value at a masked entry must not reach the mean or its gradient
+    m = mask.bool().expand_as(err)
+    return torch.where(m, err, torch.zeros_like(err)).sum(dims) / m.to(err.dtype).sum(dims).clamp_min(1)
 
 
 def balance_loss(weights: torch.Tensor, cover: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -227,12 +228,15 @@ def mixture_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Fused loss + horizon_weight * sum of per-horizon losses + balance_weight * balance.
 
-    `target` (B, H, A) in the output space; `valid` (B, H) marks real (not padded) steps. Each loss is a
-    mean of squared errors over the valid entries it covers."""
+    `target` (B, H, A) in the output space; `valid` (B, H) marks real (not padded) steps, or (B, H, A)
+    real elements (e.g. padded action slots excluded too). Each loss is a mean of squared errors over
+    the valid entries it covers."""
     b, h = target.shape[:2]
-    valid_steps = torch.ones(b, h, dtype=torch.bool, device=target.device) if valid is None else valid
-    fused = _masked_mean((out.fused - target).pow(2), valid_steps.unsqueeze(-1), (0, 1, 2))
-    mask = (out.cover.unsqueeze(0) & valid_steps.unsqueeze(1)).unsqueeze(-1)  # (B, n_h, H, 1)
+    valid_steps = torch.ones(b, h, dtype=torch.bool, device=target.device) if valid is None else valid.bool()
+    valid_elems = valid_steps if valid_steps.dim() == 3 else valid_steps.unsqueeze(-1)  # (B, H, A or 1)
+    valid_steps = valid_elems.any(-1)
+    fused = _masked_mean((out.fused - target).pow(2), valid_elems, (0, 1, 2))
+    mask = out.cover[None, :, :, None] & valid_elems.unsqueeze(1)  # (B, n_h, H, A or 1)
     per = _masked_mean((out.per_horizon - target.unsqueeze(1)).pow(2), mask, (0, 2, 3))  # (n_h,)
     balance = balance_loss(out.weights, out.cover, valid_steps)
     loss = fused + horizon_weight * per.sum() + balance_weight * balance
