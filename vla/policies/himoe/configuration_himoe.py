@@ -1,0 +1,176 @@
+"""Config of HiMoE, the hierarchical mixture-of-experts flow-matching action head.
+
+Defaults are the paper's action module (shared/reference/policies.md, section 2): 18 layers, layers
+0-1 and 16-17 Action-Space MoE (3 SwiGLU experts of hidden 4096, top-1, router from the slot mask,
+supervised-contrastive routing loss 0.002 at temperature 0.1), layers 2-5 and 12-15
+Heterogeneity-Balancing MoE (32 experts of hidden 1024, top-4 renormalised, + a shared expert,
+per-sequence balance loss 0.001), layers 6-11 dense GELU MLPs of hidden 4096; width 1024 with 8
+heads (pi0's action expert); chunk 10; flow matching with Beta(1.5, 1) times and 10 Euler steps.
+`from_preset("paper")` is exactly the defaults; `from_preset("cpu")` keeps one layer of each kind
+at a width that trains in seconds on two cores.
+
+`layer_pattern` spells the depth layout, one letter per layer: "a" AS-MoE, "h" HB-MoE, "d" dense.
+Conditioning (`backbone`): "default" = a FiLM ResNet per camera + the offline MiniLM language
+encoder (as MoDE); "hf_vlm" = `vla.policies.modules.vlm.VisionLanguageBackbone` from the local
+directory `backbone_path`. Mixture of Horizons: `horizons` as MoDE's (chunk_size = max(horizons)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from vla.policies.base import PolicyConfig, PolicyError
+from vla.policies.modules.flow import TIME_SAMPLERS
+from vla.policies.modules.hier_moe import ACTION_SPACE_INPUTS
+from vla.policies.modules.horizons import DEFAULT_HORIZONS, check_horizons
+from vla.policies.modules.language import LANGUAGE_ENCODERS
+from vla.policies.modules.vision import NORMS
+
+BACKBONES = ("default", "hf_vlm")
+LAYER_KINDS = {"a": "action_space", "h": "hb", "d": "dense"}
+PAPER_PATTERN = "aa" + "hhhh" + "dddddd" + "hhhh" + "aa"  # 18 layers
+
+
+@dataclasses.dataclass(frozen=True)
+class HiMoEConfig(PolicyConfig):
+    name: ClassVar[str] = "himoe"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below
+
+    # --- action transformer ---
+    width: int = 1024
+    n_heads: int = 8
+    layer_pattern: str = PAPER_PATTERN
+    attn_dropout: float = 0.0
+    # --- Action-Space MoE ---
+    as_experts: int = 3
+    as_hidden: int = 4096
+    as_top_k: int = 1
+    as_router_input: str = "mask"  # mask (the paper) | mask_id (mask + one-hot embodiment id)
+    max_embodiments: int = 16  # one-hot size of the mask_id router input
+    supcon_weight: float = 0.002
+    supcon_temperature: float = 0.1
+    supcon_max_tokens: int = 1024  # tokens per supcon term (a random subset beyond that)
+    # --- Heterogeneity-Balancing MoE ---
+    hb_experts: int = 32
+    hb_hidden: int = 1024
+    hb_top_k: int = 4
+    hb_shared_expert: bool = True
+    hb_shared_hidden: int = 1024
+    balance_weight: float = 0.001
+    router_sample: bool = False  # sample the top-k in training (MoDE does); the paper routes greedily
+    # --- dense layers ---
+    dense_hidden: int = 4096
+    # --- flow matching ---
+    time_sampler: str = "beta"  # beta (exact Beta(1.5, 1)) | pi0_approx (the authors', mean ~0.56) | uniform
+    beta_alpha: float = 1.5
+    num_steps: int = 10  # Euler steps at inference
+    # --- conditioning ---
+    backbone: str = "default"  # default | hf_vlm
+    backbone_path: str | None = None  # local model directory (hf_vlm)
+    backbone_freeze: bool = True
+    backbone_max_text_tokens: int = 48
+    cond_dim: int = 512  # token size of the default backbone
+    language_encoder: str = "minilm"
+    language_path: str | None = None
+    language_dim: int = 384
+    vision_widths: tuple[int, ...] = (64, 128, 256, 512)
+    vision_blocks: tuple[int, ...] = (2, 2, 2, 2)
+    vision_norm: str = "group"
+    # --- mixture of horizons (None: off) ---
+    horizons: tuple[int, ...] | None = None
+    moh_gate_noise: bool = True
+    moh_horizon_loss_weight: float = 1.0
+    moh_balance_weight: float = 1e-3
+    # --- optimiser (read by the trainer; openpi's pi0 settings) ---
+    optimizer_lr: float = 2.5e-5
+    optimizer_betas: tuple[float, float] = (0.9, 0.95)
+    optimizer_weight_decay: float = 1e-10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        problems = []
+        if self.width % self.n_heads:
+            problems.append(f"width {self.width} is not divisible by n_heads {self.n_heads}")
+        bad = sorted(set(self.layer_pattern) - set(LAYER_KINDS))
+        if not self.layer_pattern or bad:
+            problems.append(f"layer_pattern {self.layer_pattern!r}: use letters a (AS-MoE), h (HB-MoE), d (dense)")
+        if not 1 <= self.as_top_k <= self.as_experts:
+            problems.append(f"as_top_k {self.as_top_k} must be in [1, as_experts={self.as_experts}]")
+        if not 1 <= self.hb_top_k <= self.hb_experts:
+            problems.append(f"hb_top_k {self.hb_top_k} must be in [1, hb_experts={self.hb_experts}]")
+        if self.as_router_input not in ACTION_SPACE_INPUTS:
+            problems.append(f"as_router_input {self.as_router_input!r} not in {ACTION_SPACE_INPUTS}")
+        if self.time_sampler not in TIME_SAMPLERS:
+            problems.append(f"time_sampler {self.time_sampler!r} not in {TIME_SAMPLERS}")
+        if self.num_steps < 1:
+            problems.append("num_steps must be >= 1")
+        if self.supcon_temperature <= 0:
+            problems.append("supcon_temperature must be > 0")
+        if self.backbone not in BACKBONES:
+            problems.append(f"backbone {self.backbone!r} not in {BACKBONES}")
+        elif self.backbone == "hf_vlm":
+            if not self.backbone_path:
+                problems.append(
+                    "backbone='hf_vlm' needs backbone_path: the local directory of a PaliGemma checkpoint "
+                    "(e.g. --set backbone_path=/models/paligemma); nothing is downloaded"
+                )
+            if not self.camera_keys:
+                problems.append("backbone='hf_vlm' needs at least one camera")
+        if self.language_encoder not in LANGUAGE_ENCODERS:
+            problems.append(f"language_encoder {self.language_encoder!r} not in {LANGUAGE_ENCODERS}")
+        if self.vision_norm not in NORMS:
+            problems.append(f"vision_norm {self.vision_norm!r} not in {NORMS}")
+        if self.horizons is not None:
+            try:
+                check_horizons(self.horizons)
+            except ValueError as e:
+                problems.append(str(e))
+            else:
+                if tuple(sorted(self.horizons)) != tuple(self.horizons):
+                    problems.append(f"horizons must be in increasing order, got {self.horizons}")
+                if max(self.horizons) != self.chunk_size:
+                    problems.append(
+                        f"with a mixture of horizons chunk_size must be max(horizons) = {max(self.horizons)}, "
+                        f"got {self.chunk_size}"
+                    )
+        if problems:
+            raise PolicyError("invalid HiMoE config: " + "; ".join(problems))
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_pattern)
+
+    @property
+    def layer_kinds(self) -> tuple[str, ...]:
+        return tuple(LAYER_KINDS[c] for c in self.layer_pattern)
+
+
+def moh_overrides(horizons: tuple[int, ...] = DEFAULT_HORIZONS) -> dict[str, Any]:
+    """Config overrides that turn a HiMoE config into its mixture-of-horizons version."""
+    hs = tuple(sorted(horizons))
+    return {"horizons": hs, "chunk_size": max(hs), "n_action_steps": min(10, max(hs))}
+
+
+HiMoEConfig.presets.update(
+    {
+        "paper": {},
+        "cpu": {
+            "width": 64,
+            "n_heads": 4,
+            "layer_pattern": "ahda",  # one of each kind, AS-MoE at both ends as in the paper
+            "as_hidden": 128,
+            "hb_experts": 8,
+            "hb_hidden": 32,
+            "hb_top_k": 2,
+            "hb_shared_hidden": 32,
+            "dense_hidden": 128,
+            "cond_dim": 64,
+            "vision_widths": (16, 32, 64),
+            "vision_blocks": (1, 1, 1),
+            "image_size": (64, 64),
+            "optimizer_lr": 1e-4,
+            "optimizer_weight_decay": 0.01,
+        },
+    }
+)

@@ -1,0 +1,514 @@
+"""HiMoE: a flow-matching action transformer whose FFNs form a hierarchy of mixtures of experts.
+
+Sequence of the action transformer (the "suffix"): [state token, action tokens of the noisy chunk].
+- state token: the state slots (masked) and the state slot mask, concatenated and projected (48
+  numbers -> one token in the 24-slot layout);
+- action tokens: x_t projected, fused with a sinusoidal embedding of the flow time t by an MLP (pi0's
+  action-time MLP); learned positions (state = 0, chunk step s = 1 + s);
+- conditioning: the backbone's tokens (conditioning.py), projected to the width once per chunk, plus
+  one learned always-valid "null" token (a sample whose backbone tokens are all invalid still has
+  something to attend to).
+Each block: x += SelfAttn(Norm x); x += CrossAttn(Norm x, cond); x += FFN(Norm x), the FFN by depth
+(`layer_pattern`): AS-MoE (routed by the action-space identity), HB-MoE (routed per token, + shared
+expert) or a dense GELU MLP.
+
+Why cross-attention to the conditioning rather than joint attention over [cond, state, actions]: the
+backbone gives final-layer tokens (not per-layer keys/values as pi0's VLM does), so in joint
+attention the prefix would have to run through every action layer again at each of the 10 Euler
+steps (or need a KV cache), and it would be routed through the action-space experts that exist
+for action tokens. With cross-attention the conditioning is encoded once per chunk, every Euler
+step costs only 1 + H suffix tokens, and padded conditioning tokens are masked per key.
+Within the suffix the state token sees only itself and the action tokens see the state token and
+each other (full attention): HorizonLayout's mask with one context token, so the Mixture of
+Horizons wrapper (same mask, one horizon) equals the plain head exactly.
+
+Multi-embodiment data (action_dim == 24, the slot layout): the action-space identity and the loss
+mask come from the batch's `action_slot_mask` (training) or from the MultiNormalizer's per-embodiment
+slots and `embodiment_id` (inference); padded slots and padded chunk steps are excluded from the
+flow loss, and predictions there are zeroed. `predict_native` returns each row in its robot's own
+layout and units. With native (single-embodiment) data every dimension is real.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vla.datasets import slots as slotlib
+from vla.datasets.normalize import MultiNormalizer
+from vla.policies.base import LayerRouting, Policy, PolicyError, register_policy
+from vla.policies.himoe.conditioning import build_backbone
+from vla.policies.himoe.configuration_himoe import HiMoEConfig
+from vla.policies.modules.flow import FlowMatching, FlowSettings, euler_times, interpolate
+from vla.policies.modules.hier_moe import (
+    ActionSpaceMoE,
+    DenseMLP,
+    HBMoE,
+    action_space_input,
+    action_space_labels,
+    sequence_balance_loss,
+    supcon_loss,
+)
+from vla.policies.modules.horizons import HorizonLayout, HorizonOutput, MixtureOfHorizons, mixture_loss
+from vla.policies.modules.moe import Routing, dense_routing_weights
+from vla.policies.modules.vision import to_float_images
+
+STATE_KEY = "observation.state"
+
+
+@dataclass
+class LayerRecord:
+    """What one MoE layer did in a forward pass (for the losses and inspection)."""
+
+    index: int
+    kind: str  # action_space | hb
+    routing: Routing
+    logits: torch.Tensor | None = None  # AS-MoE router logits (B, T, E)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with RMS-normalised queries and keys; self- or cross-attention."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float, cross: bool = False):
+        super().__init__()
+        self.n_heads = n_heads
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(dim, 2 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.q_norm = nn.RMSNorm(dim // n_heads, eps=1e-6)
+        self.k_norm = nn.RMSNorm(dim // n_heads, eps=1e-6)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, source: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """`mask` broadcastable to (B, heads, T, S), True = may attend."""
+        b, t, d = x.shape
+        h = self.n_heads
+        q = self.q(x).view(b, t, h, d // h).transpose(1, 2)
+        k, v = self.kv(source).view(b, source.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(
+            self.q_norm(q), self.k_norm(k), v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class HiMoEBlock(nn.Module):
+    def __init__(self, config: HiMoEConfig, kind: str, route_dim: int):
+        super().__init__()
+        d = config.width
+        self.kind = kind
+        self.norm1, self.norm2, self.norm3 = (nn.RMSNorm(d, eps=1e-6) for _ in range(3))
+        self.attn = Attention(d, config.n_heads, config.attn_dropout)
+        self.cross = Attention(d, config.n_heads, config.attn_dropout, cross=True)
+        self.ffn: nn.Module
+        if kind == "action_space":
+            self.ffn = ActionSpaceMoE(d, config.as_hidden, config.as_experts, route_dim, config.as_top_k, False)
+        elif kind == "hb":
+            self.ffn = HBMoE(
+                d,
+                config.hb_hidden,
+                config.hb_experts,
+                config.hb_top_k,
+                config.hb_shared_hidden,
+                config.hb_shared_expert,
+                config.router_sample,
+            )
+        else:
+            self.ffn = DenseMLP(d, config.dense_hidden)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        cond_mask: torch.Tensor,
+        route_input: torch.Tensor,
+        attn_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, Routing | None, torch.Tensor | None]:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, attn_mask)
+        x = x + self.cross(self.norm2(x), cond, cond_mask)
+        h = self.norm3(x)
+        if isinstance(self.ffn, ActionSpaceMoE):
+            y, routing, logits = self.ffn(h, route_input)
+            return x + y, routing, logits
+        if isinstance(self.ffn, HBMoE):
+            y, routing = self.ffn(h)
+            return x + y, routing, None
+        return x + self.ffn(h), None, None
+
+
+def time_embedding(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
+    """Sinusoidal embedding of flow times t (B,) in [0, 1] (pi0's periods), (B, dim)."""
+    frac = torch.linspace(0.0, 1.0, dim // 2, device=t.device, dtype=torch.float32)
+    period = min_period * (max_period / min_period) ** frac
+    angle = t.float()[:, None] * (2 * math.pi / period)[None, :]
+    return torch.cat([angle.sin(), angle.cos()], dim=-1)
+
+
+class ActionTransformer(nn.Module):
+    """(x_t, t, state token, conditioning, action-space input) -> velocity of the action chunk."""
+
+    def __init__(self, config: HiMoEConfig, route_dim: int):
+        super().__init__()
+        d = config.width
+        self.width = d
+        self.action_in = nn.Linear(config.action_dim, d)
+        self.time_mlp = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, d))
+        self.pos_emb = nn.Parameter(torch.zeros(1, 1 + config.chunk_size, d))
+        self.blocks = nn.ModuleList(HiMoEBlock(config, kind, route_dim) for kind in config.layer_kinds)
+        self.norm = nn.RMSNorm(d, eps=1e-6)
+        self.action_out = nn.Linear(d, config.action_dim)
+        self.apply(_init_weights)
+        nn.init.normal_(self.pos_emb, std=0.02)
+
+    def hidden(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        state_token: torch.Tensor,
+        cond: torch.Tensor,
+        cond_valid: torch.Tensor,
+        route_input: torch.Tensor,
+        positions: torch.Tensor,
+        attn_mask: torch.Tensor,
+        records: list[LayerRecord] | None = None,
+    ) -> torch.Tensor:
+        """Normalised features of the action tokens (B, L, d); `positions` (L,) chunk steps."""
+        a = self.action_in(x_t.to(cond.dtype))
+        te = time_embedding(t, self.width).to(a).unsqueeze(1).expand_as(a)
+        a = self.time_mlp(torch.cat([a, te], dim=-1))
+        x = torch.cat([state_token, a], dim=1)
+        x = x + torch.cat([self.pos_emb[:, :1], self.pos_emb[:, 1 + positions]], dim=1)
+        route = route_input.unsqueeze(1).expand(-1, x.shape[1], -1)  # per token, shared by the sequence
+        cond_mask = cond_valid[:, None, None, :]
+        for i, block in enumerate(self.blocks):
+            x, routing, logits = block(x, cond, cond_mask, route, attn_mask)
+            if routing is not None and records is not None:
+                records.append(LayerRecord(i, block.kind, routing, logits))
+        return self.norm(x[:, 1:])
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+@dataclass
+class Encoded:
+    """Per-chunk inputs of the action transformer, computed once and reused at every Euler step."""
+
+    state_token: torch.Tensor  # (B, 1, d)
+    cond: torch.Tensor  # (B, N + 1, d)
+    cond_valid: torch.Tensor  # (B, N + 1)
+    route_input: torch.Tensor  # (B, D) action-space identity
+    action_mask: torch.Tensor  # (B, A) bool: real action dimensions
+    embodiment_id: torch.Tensor  # (B,)
+
+
+@register_policy(HiMoEConfig)
+class HiMoEPolicy(Policy):
+    config: HiMoEConfig
+
+    def __init__(self, config: HiMoEConfig, dataset_stats: Mapping[str, Mapping[str, Any]] | None = None):
+        super().__init__(config, dataset_stats)
+        d = config.width
+        self.backbone = build_backbone(config)
+        self.cond_proj = nn.Linear(self.backbone.out_dim, d)
+        self.null_cond = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        s = config.state_dim
+        self.state_in = nn.Linear(2 * s, d) if s is not None else None
+        self.state_token = nn.Parameter(torch.randn(1, 1, d) * 0.02) if s is None else None
+        self.route_dim = self._route_dim()
+        self.transformer = ActionTransformer(config, self.route_dim)
+        self.moh = (
+            MixtureOfHorizons(d, config.horizons, 1, "full", config.moh_gate_noise)
+            if config.horizons is not None
+            else None
+        )
+        self._single_layout = HorizonLayout((config.chunk_size,), 1, "full")
+        self.last_horizons: list[HorizonOutput] = []  # the fused MoH outputs of the last sampling run
+
+    # --- pieces -------------------------------------------------------------------------------------
+    @property
+    def uses_slots(self) -> bool:
+        """Whether actions come in the 24-slot multi-embodiment layout."""
+        return self.config.action_dim == slotlib.NUM_SLOTS
+
+    def _route_dim(self) -> int:
+        cfg = self.config
+        base = cfg.action_dim
+        return base + (cfg.max_embodiments if cfg.as_router_input == "mask_id" else 0)
+
+    @property
+    def flow(self) -> FlowMatching:
+        cfg = self.config
+        return FlowMatching(FlowSettings(cfg.time_sampler, cfg.beta_alpha, cfg.num_steps))
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.pos_emb.device
+
+    def _to_device(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        dev = self.device
+        return {k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def _batch_size(self, batch: Mapping[str, Any]) -> int:
+        for key in (*self.config.camera_keys, STATE_KEY, "action"):
+            if key in batch:
+                return int(batch[key].shape[0])
+        if isinstance(batch.get("task"), list | tuple):
+            return len(batch["task"])
+        raise PolicyError("cannot tell the batch size: no camera, state, action or task in the batch")
+
+    def _embodiment_ids(self, batch: Mapping[str, Any], b: int) -> torch.Tensor:
+        ids = batch.get("embodiment_id")
+        if ids is None:
+            return torch.zeros(b, dtype=torch.long, device=self.device)
+        return torch.as_tensor(ids, device=self.device).long().reshape(b)
+
+    def slot_mask(self, key: str, batch: Mapping[str, Any], ids: torch.Tensor, dim: int) -> torch.Tensor:
+        """(B, dim) bool: which dimensions of `key` ("action" / state) are real for each row."""
+        b = ids.shape[0]
+        if dim != slotlib.NUM_SLOTS or not self.uses_slots:
+            return torch.ones(b, dim, dtype=torch.bool, device=self.device)
+        batch_key = "action_slot_mask" if key == "action" else "state_slot_mask"
+        if batch_key in batch:
+            return torch.as_tensor(batch[batch_key], device=self.device).bool().reshape(b, dim)
+        if isinstance(self.normalizer, MultiNormalizer) and key in self.normalizer.tables:
+            table = torch.as_tensor(self.normalizer.tables[key][2], device=self.device)
+            return table[ids].bool()
+        return torch.ones(b, dim, dtype=torch.bool, device=self.device)
+
+    def _state_slots(self, state: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """A native-layout state (from a robot or simulator) -> the slot layout, by embodiment."""
+        if state.shape[-1] == slotlib.NUM_SLOTS or not self.uses_slots:
+            return state
+        if not isinstance(self.normalizer, MultiNormalizer) or STATE_KEY not in self.normalizer.slots:
+            raise PolicyError(
+                f"observation.state has {state.shape[-1]} values but this policy reads the "
+                f"{slotlib.NUM_SLOTS}-slot layout and has no per-embodiment slots to place it"
+            )
+        out = state.new_zeros(*state.shape[:-1], slotlib.NUM_SLOTS)
+        for e in ids.unique().tolist():
+            slots = self.normalizer.slots[STATE_KEY][e]
+            if len(slots) != state.shape[-1]:
+                name = self.normalizer.names[e]
+                raise PolicyError(f"{name}: observation.state has {state.shape[-1]} values, expected {len(slots)}")
+            rows = (ids == e).nonzero().squeeze(-1)
+            placed = out[rows]
+            placed[..., torch.as_tensor(slots, device=state.device)] = state[rows]
+            out[rows] = placed
+        return out
+
+    def encode(self, batch: Mapping[str, Any]) -> Encoded:
+        """Conditioning, state token and action-space identity: once per chunk."""
+        cfg = self.config
+        b = self._batch_size(batch)
+        ids = self._embodiment_ids(batch, b)
+        size = cfg.image_size if cfg.backbone == "default" else None  # a VLM resizes to its own size
+        images = {}
+        for key in cfg.camera_keys:
+            if key not in batch:
+                raise PolicyError(f"the batch is missing camera {key!r}")
+            x = to_float_images(batch[key], size)
+            if x.dim() != 5 or x.shape[1] != cfg.n_obs:
+                raise PolicyError(f"{key!r} should be (B, n_obs={cfg.n_obs}, 3, H, W), got {tuple(x.shape)}")
+            images[key] = x.to(self.device)
+        tasks = batch.get("task")
+        tasks = [""] * b if tasks is None else ([tasks] * b if isinstance(tasks, str) else list(tasks))
+        tokens, valid = self.backbone(images, tasks)
+        cond = self.cond_proj(tokens.to(self.cond_proj.weight.dtype))
+        cond = torch.cat([self.null_cond.expand(b, -1, -1), cond], dim=1)
+        valid = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=cond.device), valid.to(cond.device)], dim=1)
+        if self.state_in is not None:
+            state = batch.get(STATE_KEY)
+            if state is None or state.dim() != 3 or state.shape[1] != cfg.n_obs:
+                got = None if state is None else tuple(state.shape)
+                raise PolicyError(f"observation.state should be (B, n_obs={cfg.n_obs}, {cfg.state_dim}), got {got}")
+            state = self._state_slots(state.float(), ids)
+            if state.shape[-1] != cfg.state_dim:
+                raise PolicyError(f"observation.state has {state.shape[-1]} values, the config {cfg.state_dim}")
+            state = self.normalize(STATE_KEY, state, ids)[:, -1]  # the current frame
+            smask = self.slot_mask(STATE_KEY, batch, ids, cfg.state_dim)
+            state = torch.where(smask, state, torch.zeros_like(state))
+            state_token = self.state_in(torch.cat([state, smask.to(state)], dim=-1)).unsqueeze(1)
+        else:
+            assert self.state_token is not None
+            state_token = self.state_token.expand(b, -1, -1)
+        amask = self.slot_mask("action", batch, ids, cfg.action_dim)
+        route = action_space_input(amask, ids, cfg.as_router_input, cfg.max_embodiments)
+        return Encoded(state_token.to(cond), cond, valid, route.to(cond), amask, ids)
+
+    # --- the velocity network -----------------------------------------------------------------------
+    def _hidden_fn(self, enc: Encoded, t: torch.Tensor, records: list[LayerRecord] | None):
+        def backbone(seq: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor):
+            hidden = self.transformer.hidden(
+                seq, t, enc.state_token, enc.cond, enc.cond_valid, enc.route_input, positions, attn_mask, records
+            )
+            return hidden, self.transformer.action_out(hidden)
+
+        return backbone
+
+    def velocity(
+        self, enc: Encoded, x_t: torch.Tensor, t: torch.Tensor, records: list[LayerRecord] | None = None
+    ) -> torch.Tensor | HorizonOutput:
+        """The predicted velocity (B, H, A); with a mixture of horizons the HorizonOutput (fused in .fused)."""
+        fn = self._hidden_fn(enc, t, records)
+        if self.moh is not None:
+            return self.moh(fn, x_t)
+        lay = self._single_layout
+        return fn(x_t, lay.positions.to(x_t.device), lay.attention_mask(x_t.device))[1]
+
+    # --- training -----------------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = self._to_device(batch)
+        cfg = self.config
+        actions = batch["action"]
+        if actions.shape[1:] != (cfg.chunk_size, cfg.action_dim):
+            raise PolicyError(f"action should be (B, {cfg.chunk_size}, {cfg.action_dim}), got {tuple(actions.shape)}")
+        enc = self.encode(batch)
+        actions = self.normalize("action", actions.float(), enc.embodiment_id)
+        mask = enc.action_mask[:, None, :].expand(-1, cfg.chunk_size, -1)
+        if "action_is_pad" in batch:
+            mask = mask & ~batch["action_is_pad"].bool()[:, :, None]
+        records: list[LayerRecord] = []
+        info: dict[str, float] = {}
+        if self.moh is not None:
+            t = self.flow.sample_times(actions.shape[0], actions.device)
+            noise = torch.randn(actions.shape, device="cpu").to(actions)
+            x_t, target = interpolate(actions, noise, t)
+            out = self.velocity(enc, x_t, t, records)
+            assert isinstance(out, HorizonOutput)
+            flow_loss, info = mixture_loss(out, target, mask, cfg.moh_horizon_loss_weight, cfg.moh_balance_weight)
+            info["t_mean"] = float(t.mean())
+        else:
+
+            def net(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                v = self.velocity(enc, x_t, t, records)
+                assert isinstance(v, torch.Tensor)
+                return v
+
+            flow_loss, info = self.flow.loss(net, actions, mask)
+        supcon, balance = self.routing_losses(records, enc)
+        loss = flow_loss + cfg.supcon_weight * supcon + cfg.balance_weight * balance
+        info = {
+            "flow_loss": float(flow_loss.detach()),
+            "supcon_loss": float(supcon.detach()),
+            "balance_loss": float(balance.detach()),
+            **info,
+            "loss": float(loss.detach()),
+        }
+        return loss, info
+
+    def routing_losses(self, records: list[LayerRecord], enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+        """(supervised-contrastive loss over the AS-MoE layers, per-sequence balance over the HB-MoE layers)."""
+        cfg = self.config
+        zero = enc.cond.sum() * 0.0
+        labels = action_space_labels(enc.route_input)  # (B,)
+        sup, bal = [], []
+        for r in records:
+            if r.kind == "action_space" and cfg.supcon_weight > 0:
+                b, t, e = r.routing.probs.shape
+                token_labels = labels[:, None].expand(b, t).reshape(-1)
+                feats = r.routing.probs.reshape(-1, e)
+                sup.append(supcon_loss(feats, token_labels, cfg.supcon_temperature, cfg.supcon_max_tokens))
+            elif r.kind == "hb":
+                bal.append(sequence_balance_loss(r.routing))
+        supcon = torch.stack(sup).mean() if sup else zero
+        balance = torch.stack(bal).mean() if bal else zero
+        return supcon, balance
+
+    # --- inference ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_chunk(
+        self,
+        batch: Mapping[str, Any],
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, chunk_size, action_dim) actions in raw units; padded slots are exactly 0."""
+        cfg = self.config
+        batch = self._to_device(batch)
+        enc = self.encode(batch)
+        self.last_horizons = []
+
+        def net(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            v = self.velocity(enc, x_t, t)
+            if isinstance(v, HorizonOutput):
+                self.last_horizons.append(v)
+                return v.fused
+            return v
+
+        shape = (enc.cond.shape[0], cfg.chunk_size, cfg.action_dim)
+        x = self.flow.sample(net, shape, self.device, num_steps, generator, noise)
+        x = self.unnormalize("action", x, enc.embodiment_id)
+        return torch.where(enc.action_mask[:, None, :], x, torch.zeros_like(x))
+
+    @torch.no_grad()
+    def predict_native(self, batch: Mapping[str, Any], **kwargs: Any) -> list[np.ndarray]:
+        """Per row, the chunk (H, D_e) in its robot's native layout and units (the slots it uses)."""
+        chunk = self.predict_chunk(batch, **kwargs).cpu().numpy()
+        b = chunk.shape[0]
+        ids = self._embodiment_ids(self._to_device(batch), b).cpu().tolist()
+        if not self.uses_slots or not isinstance(self.normalizer, MultiNormalizer):
+            return [chunk[i] for i in range(b)]
+        return [slotlib.from_slots(chunk[i], self.normalizer.slots["action"][e]) for i, e in enumerate(ids)]
+
+    # --- routing inspection ---------------------------------------------------------------------------
+    def routing_levels(self) -> tuple[torch.Tensor, str]:
+        """The flow times the Euler sampler evaluates the velocity at."""
+        return euler_times(self.config.num_steps), "t"
+
+    @torch.no_grad()
+    def inspect_routing(self, batch: Mapping[str, Any], level: torch.Tensor) -> list[LayerRouting]:
+        """Every MoE layer's (deterministic) routing at flow time t = `level` (B,), per suffix token
+        (state token first, then the action tokens): AS-MoE layers as "action_space", HB-MoE as "token"."""
+        was_training = self.training
+        self.eval()
+        try:
+            batch = self._to_device(batch)
+            enc = self.encode(batch)
+            actions = self.normalize("action", batch["action"].float(), enc.embodiment_id)
+            t = torch.as_tensor(level, device=self.device).float().reshape(-1).expand(actions.shape[0])
+            x_t, _ = interpolate(actions, torch.randn_like(actions), t)
+            records: list[LayerRecord] = []
+            self.velocity(enc, x_t, t, records)
+        finally:
+            self.train(was_training)
+        kinds = {"action_space": "action_space", "hb": "token"}
+        return [
+            LayerRouting(f"block{r.index}.{r.kind}", kinds[r.kind], dense_routing_weights(r.routing)) for r in records
+        ]
+
+    # --- accounting -------------------------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, int]:
+        """Total parameters, those used per token of the action network ("active"), and the parts."""
+        total = self.num_parameters()
+        experts = active_experts = routers = 0
+        for block in self.transformer.blocks:
+            moe = getattr(block.ffn, "moe", None)
+            if moe is None:
+                continue
+            per = sum(p.numel() for p in moe.experts[0].parameters())
+            experts += per * moe.n_experts
+            active_experts += per * moe.top_k
+            routers += sum(p.numel() for p in moe.router.parameters())
+        backbone = sum(p.numel() for p in self.backbone.parameters())
+        return {
+            "total": total,
+            "active": total - experts + active_experts,
+            "action_network": total - backbone,
+            "action_network_active": total - backbone - experts + active_experts,
+            "backbone": backbone,
+            "experts": experts,
+            "routers": routers,
+        }
