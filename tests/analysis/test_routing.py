@@ -72,3 +72,27 @@ def test_unfit_inputs_fail_clearly(two_embodiment_run, tmp_path):
     train("mode", tc, preset="cpu", overrides={**TINY, "use_moe": False})
     with pytest.raises(PolicyError, match="no experts"):
         collect_routing(Policy.from_pretrained(resolve_checkpoint(tmp_path / "dense")), [str(dense.path)], windows=4)
+
+
+def test_himoe_routing_has_action_space_and_token_layers(two_embodiment_run, tmp_path):
+    _, stores = two_embodiment_run
+    tc = TrainConfig(data=stores, out=str(tmp_path / "himoe"), steps=2, batch_size=8, warmup_steps=1,
+                     progress=False)  # fmt: skip
+    overrides = {"width": 32, "n_heads": 2, "layer_pattern": "ahda", "num_steps": 3}
+    train("himoe", tc, preset="cpu", overrides=overrides)
+    stats = collect_routing(Policy.from_pretrained(resolve_checkpoint(tmp_path / "himoe")), stores, windows=16)
+    kinds = {name: lc.kind for name, lc in stats.layers.items()}
+    assert sorted(kinds.values()) == ["action_space", "action_space", "token"]
+    assert stats.level_name == "t" and len(stats.levels) == 3
+    for lc in stats.layers.values():
+        labels, freq = lc.frequency("embodiment")
+        assert labels == ["toy", "toy_b"]
+        top_k = 1 if lc.kind == "action_space" else 2  # the cpu preset's hb_top_k
+        np.testing.assert_allclose(freq.sum(1), top_k)
+    report = stats.to_json()["layers"]
+    for name, kind in kinds.items():
+        purity = report[name]["purity"]["mean"]
+        if kind == "action_space":  # a router reading only the slot mask routes each robot one way
+            assert purity == 1.0
+        else:
+            assert 0 < purity <= 1

@@ -32,6 +32,7 @@ from vla.eval.runner import RunStats, run_episodes
 from vla.eval.worker import SlotConfig
 from vla.sim.libero import (
     CAMERAS,
+    EMBODIMENT,
     MAX_STEPS,
     SUITES,
     LiberoEnv,
@@ -212,7 +213,10 @@ def prepare(config: LiberoEvalConfig) -> PreparedEval:
     if config.policy != "random":
         planner = _load_policy_planner(config)
         policy_config = planner.policy.config
-        data_spec = load_data_spec(config.policy)
+        embodiment = EMBODIMENT if planner.multi_embodiment else None  # slot-layout policies run as LIBERO's arm
+        if embodiment is not None:
+            planner.bind_embodiment(embodiment)
+        data_spec = load_data_spec(config.policy, embodiment)
     replan = config.replan_steps or preset.replan_steps
 
     cameras = _cameras(policy_config)
@@ -221,7 +225,7 @@ def prepare(config: LiberoEvalConfig) -> PreparedEval:
     env_spec = libero_spec(cameras, (image_size, image_size), orientation)  # no simulator needed to check
     replan_note = ""
     if policy_config is not None:
-        check_policy_fits(env_spec, policy_config, data_spec, where=f"in {config.policy}")
+        check_policy_fits(env_spec, planner.native_config, data_spec, where=f"in {config.policy}")
         if replan > policy_config.chunk_size:
             if config.replan_steps:
                 raise EvalError(
@@ -246,7 +250,14 @@ def prepare(config: LiberoEvalConfig) -> PreparedEval:
     low = [d.low if d.low is not None else -1.0 for d in env_spec.action]
     high = [d.high if d.high is not None else 1.0 for d in env_spec.action]
     planner_spec = PlannerSpec(
-        config.policy, replan, tuple(low), tuple(high), config.device, config.seed, config.dynamic_horizon
+        config.policy,
+        replan,
+        tuple(low),
+        tuple(high),
+        config.device,
+        config.seed,
+        config.dynamic_horizon,
+        None if planner is None or planner.layout is None else planner.layout.name,
     )
     if config.policy == "random":
         planner = planner_spec.build()

@@ -27,6 +27,7 @@ from vla.errors import VlaError
 from vla.eval.episodes import EvalError
 
 DATA_SPEC_FILE = "data_spec.json"  # the training store's StoreSpec, written next to a checkpoint
+DATA_FILE = "data.json"  # every training store: path, embodiment, spec
 
 
 @dataclass
@@ -77,8 +78,17 @@ class PolicyPlanner:
     threshold ratio of a Mixture-of-Horizons policy's dynamic inference (`set_dynamic_horizon`).
     """
 
-    def __init__(self, policy: Any, replan_steps: int | None = None, dynamic_horizon: float | None = None):
+    def __init__(
+        self,
+        policy: Any,
+        replan_steps: int | None = None,
+        dynamic_horizon: float | None = None,
+        embodiment: str | None = None,
+    ):
         self.policy = policy.eval()
+        self.layout: Any = None  # a multi-embodiment policy's slot layout of the env's robot (bind_embodiment)
+        if embodiment is not None:
+            self.bind_embodiment(embodiment)
         if dynamic_horizon is not None:
             if not hasattr(policy, "set_dynamic_horizon"):
                 raise EvalError(f"--dynamic-horizon: a {policy.config.name!r} policy has no mixture of horizons")
@@ -103,8 +113,34 @@ class PolicyPlanner:
             else:
                 chunk = self.policy.predict_chunk(inputs)
                 n = np.full(chunk.shape[0], self.replan_steps)
+        if self.layout is not None:
+            chunk = self.layout.to_native(chunk)
         actions = chunk.detach().float().cpu().numpy().astype(np.float64)
         return Plan(actions, np.clip(n, 1, actions.shape[1]))
+
+    def bind_embodiment(self, embodiment: str) -> None:
+        """Run a multi-embodiment policy as `embodiment`: native observations in, native actions out
+        (a no-op for single-embodiment policies)."""
+        from vla.policies.base import EmbodimentLayout
+
+        try:
+            self.layout = EmbodimentLayout.of(self.policy, embodiment)
+        except VlaError as e:
+            raise EvalError(str(e)) from None
+
+    @property
+    def native_config(self) -> Any:
+        """The policy config as the environment sees it: native state/action sizes when bound."""
+        cfg = self.policy.config
+        if self.layout is None:
+            return cfg
+        return cfg.replace(state_dim=len(self.layout.state_slots) or None, action_dim=len(self.layout.action_slots))
+
+    @property
+    def multi_embodiment(self) -> bool:
+        from vla.datasets.normalize import MultiNormalizer
+
+        return isinstance(self.policy.normalizer, MultiNormalizer)
 
     @property
     def decides_horizon(self) -> bool:
@@ -116,7 +152,12 @@ class PolicyPlanner:
         from vla.policies.base import observation_batch
 
         device = next(self.policy.parameters(), torch.empty(0)).device
-        return observation_batch(self.policy.config, batch, batch["task"], device)
+        if self.layout is None:
+            return observation_batch(self.policy.config, batch, batch["task"], device)
+        frames = dict(batch)
+        inputs = observation_batch(self.policy.config, frames, batch["task"], "cpu")
+        inputs = self.layout.to_policy(inputs)
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
     def describe(self) -> dict[str, Any]:
         cfg = self.policy.config
@@ -141,6 +182,7 @@ class PlannerSpec:
     device: str = "cpu"
     seed: int = 0
     dynamic_horizon: float | None = None  # MoH dynamic inference threshold ratio (None: off)
+    embodiment: str | None = None  # the env's robot, for multi-embodiment (slot-layout) policies
 
     @property
     def is_random(self) -> bool:
@@ -155,7 +197,7 @@ class PlannerSpec:
 
         torch.manual_seed(self.seed)
         policy = Policy.from_pretrained(self.policy, map_location=self.device)
-        return PolicyPlanner(policy, self.replan_steps, self.dynamic_horizon)
+        return PolicyPlanner(policy, self.replan_steps, self.dynamic_horizon, self.embodiment)
 
 
 def policy_decides_horizon(policy: Any) -> bool:
@@ -163,7 +205,14 @@ def policy_decides_horizon(policy: Any) -> bool:
     return hasattr(policy, "predict_plan") and bool(getattr(policy, "decides_horizon", True))
 
 
-def load_data_spec(checkpoint: str | Path) -> StoreSpec | None:
-    """The training store's spec saved with a checkpoint, None when the checkpoint has none."""
+def load_data_spec(checkpoint: str | Path, embodiment: str | None = None) -> StoreSpec | None:
+    """The training store's spec saved with a checkpoint (with `embodiment`: the first store of that
+    embodiment, from the checkpoint's data.json), None when the checkpoint has none."""
+    if embodiment is not None:
+        stores = Path(checkpoint) / DATA_FILE
+        if stores.exists():
+            for entry in json.loads(stores.read_text()):
+                if entry.get("embodiment") == embodiment:
+                    return StoreSpec.from_json(entry["spec"])
     path = Path(checkpoint) / DATA_SPEC_FILE
     return StoreSpec.from_json(json.loads(path.read_text())) if path.exists() else None

@@ -290,6 +290,51 @@ class Policy(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 
+@dataclasses.dataclass(frozen=True)
+class EmbodimentLayout:
+    """Where one robot's native vectors sit in a multi-embodiment (24-slot) policy's layout, so a
+    closed-loop caller (evaluation, deployment) can hand it native observations and get native actions.
+    """
+
+    name: str
+    embodiment_id: int
+    state_slots: tuple[int, ...]
+    action_slots: tuple[int, ...]
+
+    @classmethod
+    def of(cls, policy: Policy, embodiment: str | None) -> EmbodimentLayout | None:
+        """The layout of `embodiment` in `policy` (None for single-embodiment policies)."""
+        norm = policy.normalizer
+        if not isinstance(norm, MultiNormalizer):
+            return None
+        if embodiment not in norm.names:
+            raise PolicyError(
+                f"this policy was trained on several embodiments ({', '.join(norm.names)}); "
+                f"{'the robot/environment is ' + repr(embodiment) if embodiment else 'none was named'}: "
+                "run it on one of those (or train with this robot's data)"
+            )
+        e = norm.names.index(embodiment)
+        state = norm.slots.get("observation.state", [()] * len(norm.names))[e]
+        return cls(embodiment, e, tuple(state), tuple(norm.slots["action"][e]))
+
+    def to_policy(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Native state (B, n_obs, D) -> slots; every row is this embodiment."""
+        from vla.datasets import slots as slotlib
+
+        state = batch.get("observation.state")
+        if state is not None and state.shape[-1] != slotlib.NUM_SLOTS:
+            out = state.new_zeros((*state.shape[:-1], slotlib.NUM_SLOTS))
+            out[..., list(self.state_slots)] = state
+            batch["observation.state"] = out
+        rows = len(batch["task"])
+        batch["embodiment_id"] = torch.full((rows,), self.embodiment_id, dtype=torch.long)
+        return batch
+
+    def to_native(self, chunk: torch.Tensor) -> torch.Tensor:
+        """(B, H, 24) slot-layout actions -> (B, H, D) in the robot's own layout."""
+        return chunk[..., list(self.action_slots)]
+
+
 def observation_batch(
     config: PolicyConfig, frames: Mapping[str, np.ndarray], tasks: Sequence[str], device: torch.device | str = "cpu"
 ) -> dict[str, Any]:
