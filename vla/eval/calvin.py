@@ -31,6 +31,7 @@ from vla.eval.runner import RunStats, run_episodes
 from vla.eval.worker import SlotConfig
 from vla.sim.calvin.chains import CHAIN_LENGTH, NUM_CHAINS, Chain, evaluation_chains
 from vla.sim.calvin.conventions import CAMERAS, FPS, IMAGE_SIZES, calvin_spec
+from vla.sim.calvin.conventions import EMBODIMENT as CALVIN_EMBODIMENT
 from vla.sim.calvin.env import EP_LEN, CalvinEnv, SimulatorFactory
 from vla.sim.calvin.fake import FakeBackendFactory, ScriptedPlanner
 from vla.sim.calvin.instructions import instruction
@@ -152,13 +153,16 @@ def prepare(config: CalvinEvalConfig) -> PreparedCalvin:
         ).build()
         assert isinstance(planner, PolicyPlanner)
         policy_config = planner.policy.config
-        data_spec = load_data_spec(config.policy)
+        embodiment = CALVIN_EMBODIMENT if planner.multi_embodiment else None  # slot-layout policies run as CALVIN's arm
+        if embodiment is not None:
+            planner.bind_embodiment(embodiment)
+        data_spec = load_data_spec(config.policy, embodiment)
 
     cameras, sizes = _cameras(policy_config, data_spec, config.backend)
     env_spec = calvin_spec({_calvin_key(c): (sizes[c], sizes[c], 3) for c in cameras})
     replan = config.replan_steps
     if policy_config is not None:
-        check_policy_fits(env_spec, policy_config, data_spec, where=f"in {config.policy}")
+        check_policy_fits(env_spec, planner.native_config, data_spec, where=f"in {config.policy}")
         if replan is not None and replan > policy_config.chunk_size:
             raise EvalError(f"--replan-steps {replan} exceeds the policy's chunk of {policy_config.chunk_size} actions")
         planner.replan_steps = replan or planner.replan_steps
@@ -169,8 +173,9 @@ def prepare(config: CalvinEvalConfig) -> PreparedCalvin:
         backend.check()  # a missing simulator is one clear error here, not a failed worker later
     low = tuple(d.low if d.low is not None else -1.0 for d in env_spec.action)
     high = tuple(d.high if d.high is not None else 1.0 for d in env_spec.action)
+    bound = None if not isinstance(planner, PolicyPlanner) or planner.layout is None else planner.layout.name
     planner_spec = PlannerSpec(
-        config.policy, replan or 1, low, high, config.device, config.seed, config.dynamic_horizon
+        config.policy, replan or 1, low, high, config.device, config.seed, config.dynamic_horizon, bound
     )
     if config.policy == "random":
         planner = planner_spec.build()

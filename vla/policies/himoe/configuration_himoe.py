@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from vla.policies.base import PolicyConfig, PolicyError
 from vla.policies.modules.flow import TIME_SAMPLERS
 from vla.policies.modules.hier_moe import ACTION_SPACE_INPUTS
-from vla.policies.modules.horizons import DEFAULT_HORIZONS, check_horizons
+from vla.policies.modules.horizons import DEFAULT_HORIZONS, horizon_config_problems
 from vla.policies.modules.language import LANGUAGE_ENCODERS
 from vla.policies.modules.vision import NORMS
 
@@ -121,19 +121,7 @@ class HiMoEConfig(PolicyConfig):
             problems.append(f"language_encoder {self.language_encoder!r} not in {LANGUAGE_ENCODERS}")
         if self.vision_norm not in NORMS:
             problems.append(f"vision_norm {self.vision_norm!r} not in {NORMS}")
-        if self.horizons is not None:
-            try:
-                check_horizons(self.horizons)
-            except ValueError as e:
-                problems.append(str(e))
-            else:
-                if tuple(sorted(self.horizons)) != tuple(self.horizons):
-                    problems.append(f"horizons must be in increasing order, got {self.horizons}")
-                if max(self.horizons) != self.chunk_size:
-                    problems.append(
-                        f"with a mixture of horizons chunk_size must be max(horizons) = {max(self.horizons)}, "
-                        f"got {self.chunk_size}"
-                    )
+        problems += horizon_config_problems(self.horizons, self.chunk_size)
         if problems:
             raise PolicyError("invalid HiMoE config: " + "; ".join(problems))
 

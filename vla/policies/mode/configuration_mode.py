@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from vla.policies.base import PolicyConfig, PolicyError
 from vla.policies.modules.diffusion import SIGMA_SCHEDULES, EDMSettings
-from vla.policies.modules.horizons import ACTION_ATTENTION, DEFAULT_HORIZONS, check_horizons
+from vla.policies.modules.horizons import ACTION_ATTENTION, DEFAULT_HORIZONS, horizon_config_problems
 from vla.policies.modules.language import LANGUAGE_ENCODERS
 from vla.policies.modules.vision import NORMS
 
@@ -106,24 +106,12 @@ class MoDEConfig(PolicyConfig):
             problems.append("num_sampling_steps must be >= 1")
         if self.action_attention not in ACTION_ATTENTION:
             problems.append(f"action_attention {self.action_attention!r} not in {ACTION_ATTENTION}")
-        if self.horizons is not None:
-            try:
-                check_horizons(self.horizons)
-            except ValueError as e:
-                problems.append(str(e))
-            else:
-                if tuple(sorted(self.horizons)) != tuple(self.horizons):
-                    problems.append(f"horizons must be in increasing order, got {self.horizons}")
-                if max(self.horizons) != self.chunk_size:
-                    problems.append(
-                        f"with a mixture of horizons chunk_size must be max(horizons) = {max(self.horizons)}, "
-                        f"got {self.chunk_size}"
-                    )
-                if len(self.horizons) > 1 and self.action_attention != "full":
-                    problems.append(
-                        "a mixture of horizons needs action_attention='full' (with causal attention every "
-                        "horizon predicts the same step alike)"
-                    )
+        problems += horizon_config_problems(self.horizons, self.chunk_size)
+        if self.horizons is not None and len(self.horizons) > 1 and self.action_attention != "full":
+            problems.append(
+                "a mixture of horizons needs action_attention='full' (with causal attention every "
+                "horizon predicts the same step alike)"
+            )
         if self.dynamic_ratio is not None:
             if self.horizons is None:
                 problems.append("dynamic_ratio needs a mixture of horizons (set horizons)")

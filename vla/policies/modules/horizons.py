@@ -68,6 +68,24 @@ def check_horizons(horizons: tuple[int, ...]) -> None:
         raise ValueError(f"horizons must be distinct positive integers, got {horizons}")
 
 
+def horizon_config_problems(horizons: tuple[int, ...] | None, chunk_size: int) -> list[str]:
+    """What is wrong with a policy config's mixture-of-horizons fields (empty: fine or off)."""
+    if horizons is None:
+        return []
+    try:
+        check_horizons(horizons)
+    except ValueError as e:
+        return [str(e)]
+    problems = []
+    if tuple(sorted(horizons)) != tuple(horizons):
+        problems.append(f"horizons must be in increasing order, got {horizons}")
+    if max(horizons) != chunk_size:
+        problems.append(
+            f"with a mixture of horizons chunk_size must be max(horizons) = {max(horizons)}, got {chunk_size}"
+        )
+    return problems
+
+
 @dataclass(frozen=True)
 class HorizonLayout:
     """Where each horizon's action tokens sit in the one long sequence, and who may attend to whom."""
