@@ -97,6 +97,8 @@ def deploy(opts: DeployOptions) -> list[LoopReport]:
         port = opts.port
         if opts.dry_run:
             spec, port = stack.enter_context(_emulated(spec))
+        # The planner first: a policy that cannot drive this arm fails before the arm is touched.
+        planner = _planner(opts, spec, stack)
         robot = make_robot(spec, port=port)
         robot.connect()
         stack.callback(robot.disconnect)
@@ -107,7 +109,6 @@ def deploy(opts: DeployOptions) -> list[LoopReport]:
             cam = OpenCVCamera(name, src, fps=fps, size=opts.camera_size, clock=clock, loop_file=True)
             stack.callback(cam.close)
             cameras.append(cam)
-        planner = _planner(opts, spec, stack)
         recorder = None
         if opts.record:
             sizes = {c.name: _frame_size(c) for c in cameras}
