@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.policies.himoe.helpers import (
     CAM,
@@ -246,4 +247,11 @@ def test_hf_vlm_backbone_plugs_in(tmp_path):
     noise = fixed_noise(cfg, 2)
     chunk = policy.predict_chunk(batch, noise=noise)
     policy.save_pretrained(tmp_path / "ckpt")
+    # the frozen VLM is not copied into the checkpoint: it is reloaded from backbone_path
+    saved = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    assert not any(k.startswith("backbone.model.") for k in saved) and "cond_proj.weight" in saved
     assert torch.equal(Policy.from_pretrained(tmp_path / "ckpt").eval().predict_chunk(batch, noise=noise), chunk)
+    tuned = make_policy(slot_config(backbone="hf_vlm", backbone_path=cfg.backbone_path, backbone_freeze=False))
+    assert any(k.startswith("backbone.model.") for k in tuned.state_dict())  # fine-tuned weights are kept
+    with pytest.raises(RuntimeError, match="Missing key"):  # other missing weights still fail loudly
+        policy.load_state_dict({k: v for k, v in policy.state_dict().items() if k != "cond_proj.weight"})

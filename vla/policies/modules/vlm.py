@@ -28,6 +28,7 @@ import json
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -162,6 +163,11 @@ class VisionLanguageBackbone(nn.Module):
         self.tokenizer_calls = 0  # cache misses, for tests and logs
         if freeze:
             self.model.requires_grad_(False)
+            # A frozen VLM is reloaded from `path` whenever the policy is built, so checkpoints, EMA
+            # shadows and resume states leave its (billions of) weights out instead of copying them.
+            self._frozen_keys = {f"model.{k}" for k in self.model.state_dict()}
+            self.register_state_dict_post_hook(_drop_frozen_weights)
+            self.register_load_state_dict_post_hook(_allow_missing_frozen_weights)
         self.model.eval()  # dropout off unless fine-tuning asks for train mode
 
     def train(self, mode: bool = True) -> VisionLanguageBackbone:
@@ -248,3 +254,15 @@ class VisionLanguageBackbone(nn.Module):
                 use_cache=False,
             )
         return out.last_hidden_state.float(), valid
+
+
+def _drop_frozen_weights(module: VisionLanguageBackbone, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix) and k[len(prefix) :] in module._frozen_keys]:
+        del state_dict[key]
+
+
+def _allow_missing_frozen_weights(module: VisionLanguageBackbone, incompatible: Any) -> None:
+    """Loading a checkpoint without the frozen weights is expected (they come from `path`)."""
+    frozen = module._frozen_keys
+    keep = [k for k in incompatible.missing_keys if not any(k == f or k.endswith("." + f) for f in frozen)]
+    incompatible.missing_keys[:] = keep
