@@ -84,6 +84,9 @@ def deploy(
     dry_run: bool = typer.Option(False, "--dry-run", help="rehearse against the emulator / simulator"),
     port: str | None = typer.Option(None, help="serial port or host (default: the arm file's)"),
     device: str = typer.Option("cpu", help="torch device for --policy"),
+    embodiment: str | None = typer.Option(
+        None, help="a policy trained on several robots: which one this arm is (default: the arm file's name)"
+    ),
     verbose: bool = typer.Option(False, "-v", help="log every intervention"),
 ) -> None:
     """Run a policy on an arm: fixed-rate loop, async inference, safety layer, optional recording."""
@@ -93,7 +96,8 @@ def deploy(
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
     opts = DeployOptions(robot=robot, policy=policy, server=server, token=token, cameras=list(camera or []), fps=fps,
                          merge=merge, ensemble_k=ensemble_k, record=record, task=task, episodes=episodes,
-                         seconds=seconds, dry_run=dry_run, port=port, device=device)  # fmt: skip
+                         seconds=seconds, dry_run=dry_run, port=port, device=device,
+                         embodiment=embodiment)  # fmt: skip
     _print_reports(run_deploy(opts))
 
 

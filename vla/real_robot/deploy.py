@@ -43,6 +43,9 @@ class DeployOptions:
     sync: bool = False  # run inference inside the tick (debugging / the benchmark's baseline)
     port: str | None = None
     device: str = "cpu"
+    # Multi-embodiment policies: which of their robots this arm is (default: the arm file's name,
+    # which is what `--record` stores call it).
+    embodiment: str | None = None
 
 
 def make_safety(spec: ArmSpec, robot: object) -> SafetyLayer:
@@ -58,7 +61,7 @@ def _planner(opts: DeployOptions, spec: ArmSpec, stack: contextlib.ExitStack) ->
     if opts.policy:
         from vla.real_robot.planners import PolicyPlanner
 
-        planner = PolicyPlanner(opts.policy, device=opts.device)
+        planner = PolicyPlanner(opts.policy, device=opts.device, embodiment=opts.embodiment or spec.name)
         given = {f"observation.images.{parse_camera_arg(a)[0]}" for a in opts.cameras}
         missing = [k for k in planner.camera_keys if k not in given]
         if missing:

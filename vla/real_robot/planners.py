@@ -31,10 +31,13 @@ class ObsHistory:
 
 
 class PolicyPlanner:
-    def __init__(self, policy: Any, device: str = "cpu"):
+    """`embodiment`: for a policy trained on several robots (24-slot layout), which of them this arm
+    is; it then reads this arm's native state and returns its native actions."""
+
+    def __init__(self, policy: Any, device: str = "cpu", embodiment: str | None = None):
         import torch
 
-        from vla.policies.base import Policy
+        from vla.policies.base import EmbodimentLayout, Policy
 
         self.torch = torch
         if isinstance(policy, str | Path):
@@ -44,6 +47,7 @@ class PolicyPlanner:
             policy.eval()
         self.config = policy.config
         self.device = device
+        self.layout = EmbodimentLayout.of(policy, embodiment) if hasattr(policy, "normalizer") else None
         self.history = self.new_history()
 
     @property
@@ -52,11 +56,13 @@ class PolicyPlanner:
 
     @property
     def state_dim(self) -> int | None:
+        if self.layout is not None:
+            return len(self.layout.state_slots) or None
         return self.config.state_dim
 
     @property
     def action_dim(self) -> int:
-        return self.config.action_dim
+        return len(self.layout.action_slots) if self.layout is not None else self.config.action_dim
 
     def warmup(self, task: str = "") -> None:
         """One throw-away plan: the language encoder and kernels load now, not on the first control tick."""
@@ -83,8 +89,14 @@ class PolicyPlanner:
         keys = self.config.observation_keys
         frames = {k: np.stack([hist.push(k, np.asarray(obs[k])) for obs, hist in items]) for k in keys}
         tasks = [str(obs.get("task", "")) for obs, _ in items]
-        batch = observation_batch(self.config, frames, tasks, self.device)
+        if self.layout is None:
+            batch = observation_batch(self.config, frames, tasks, self.device)
+        else:  # native state -> this arm's slots; the chunk's slots -> native actions
+            batch = self.layout.to_policy(observation_batch(self.config, frames, tasks, "cpu"))
+            batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         with torch.no_grad():
             out = self.policy.predict_chunk(batch)
+            if self.layout is not None:
+                out = self.layout.to_native(out)
         arr = out.detach().float().cpu().numpy()
         return list(arr)
