@@ -255,3 +255,29 @@ def test_hf_vlm_backbone_plugs_in(tmp_path):
     assert any(k.startswith("backbone.model.") for k in tuned.state_dict())  # fine-tuned weights are kept
     with pytest.raises(RuntimeError, match="Missing key"):  # other missing weights still fail loudly
         policy.load_state_dict({k: v for k, v in policy.state_dict().items() if k != "cond_proj.weight"})
+
+
+def test_dynamic_inference_with_a_mixture_of_horizons():
+    from vla.policies.modules.horizons import disagreement, dynamic_horizon
+
+    hs = (2, 4, 6, 8, 10, 12)
+    cfg = tiny_config(**moh_overrides(hs), dynamic_min_steps=2, dynamic_stop_cover=1)
+    with pytest.raises(PolicyError, match="dynamic_ratio needs a mixture"):
+        tiny_config(dynamic_ratio=1.2)
+    policy = make_policy(cfg).eval()
+    batch = make_batch(cfg, 3, with_action=False)
+    chunk, n = policy.predict_plan(batch, noise=fixed_noise(cfg, 3))
+    assert not policy.decides_horizon and n.tolist() == [cfg.n_action_steps] * 3
+    policy.set_dynamic_horizon(1.3)
+    assert policy.decides_horizon
+    chunk, n = policy.predict_plan(batch, noise=fixed_noise(cfg, 3))
+    assert len(policy.last_horizons) == cfg.num_steps  # the disagreement is summed over every Euler step
+    summed = torch.stack([disagreement(v) for v in policy.last_horizons]).sum(0)
+    assert n.tolist() == dynamic_horizon(summed, policy.moh.layout.cover_count, 1.3, 5, 2, 1).tolist()
+    assert all(2 <= k <= 12 for k in n.tolist()) and chunk.shape == (3, 12, 4)
+    plan = PolicyPlanner(make_policy(cfg), dynamic_horizon=1.3).plan(native_frames(cfg, 2))
+    assert plan.actions.shape == (2, 12, 4) and all(2 <= k <= 12 for k in plan.n_exec.tolist())
+    policy.reset()
+    obs = {k: v[:1, 0] for k, v in make_batch(cfg, 1, with_action=False).items() if k in cfg.observation_keys}
+    first = policy.select_action({**obs, "task": ""})
+    assert first.shape == (1, 4) and len(policy._action_queue) >= 1

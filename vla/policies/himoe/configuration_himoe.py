@@ -82,6 +82,10 @@ class HiMoEConfig(PolicyConfig):
     moh_gate_noise: bool = True
     moh_horizon_loss_weight: float = 1.0
     moh_balance_weight: float = 1e-3
+    dynamic_ratio: float | None = None  # dynamic inference threshold ratio r (None: execute n_action_steps)
+    dynamic_window: int = 5  # threshold = mean disagreement of the first `dynamic_window` steps * r
+    dynamic_min_steps: int = 5  # always execute at least this many steps
+    dynamic_stop_cover: int = 5  # stop at a step covered by this many horizons or fewer
     # --- optimiser (read by the trainer; openpi's pi0 settings) ---
     optimizer_lr: float = 2.5e-5
     optimizer_betas: tuple[float, float] = (0.9, 0.95)
@@ -121,7 +125,7 @@ class HiMoEConfig(PolicyConfig):
             problems.append(f"language_encoder {self.language_encoder!r} not in {LANGUAGE_ENCODERS}")
         if self.vision_norm not in NORMS:
             problems.append(f"vision_norm {self.vision_norm!r} not in {NORMS}")
-        problems += horizon_config_problems(self.horizons, self.chunk_size)
+        problems += horizon_config_problems(self)
         if problems:
             raise PolicyError("invalid HiMoE config: " + "; ".join(problems))
 

@@ -56,7 +56,14 @@ from vla.policies.modules.hier_moe import (
     sequence_balance_loss,
     supcon_loss,
 )
-from vla.policies.modules.horizons import HorizonLayout, HorizonOutput, MixtureOfHorizons, mixture_loss
+from vla.policies.modules.horizons import (
+    DynamicHorizonPolicy,
+    HorizonLayout,
+    HorizonOutput,
+    MixtureOfHorizons,
+    disagreement,
+    mixture_loss,
+)
 from vla.policies.modules.moe import Routing, dense_routing_weights
 from vla.policies.modules.vision import to_float_images
 
@@ -214,7 +221,7 @@ class Encoded:
 
 
 @register_policy(HiMoEConfig)
-class HiMoEPolicy(Policy):
+class HiMoEPolicy(DynamicHorizonPolicy, Policy):
     config: HiMoEConfig
 
     def __init__(self, config: HiMoEConfig, dataset_stats: Mapping[str, Mapping[str, Any]] | None = None):
@@ -452,6 +459,22 @@ class HiMoEPolicy(Policy):
         x = self.flow.sample(net, shape, self.device, num_steps, generator, noise)
         x = self.unnormalize("action", x, enc.embodiment_id)
         return torch.where(enc.action_mask[:, None, :], x, torch.zeros_like(x))
+
+    @torch.no_grad()
+    def predict_plan(
+        self,
+        batch: Mapping[str, Any],
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chunk, n_exec (B,)): with a mixture of horizons and `dynamic_ratio` set, how many steps to
+        execute comes from the horizons' disagreement summed over the Euler steps (dynamic inference)."""
+        chunk = self.predict_chunk(batch, num_steps, generator, noise)
+        score = None
+        if self.last_horizons:
+            score = torch.stack([disagreement(v) for v in self.last_horizons]).sum(0)
+        return chunk, self.dynamic_n_exec(score, chunk.shape[0])
 
     @torch.no_grad()
     def predict_native(self, batch: Mapping[str, Any], **kwargs: Any) -> list[np.ndarray]:

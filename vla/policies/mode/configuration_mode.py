@@ -106,19 +106,12 @@ class MoDEConfig(PolicyConfig):
             problems.append("num_sampling_steps must be >= 1")
         if self.action_attention not in ACTION_ATTENTION:
             problems.append(f"action_attention {self.action_attention!r} not in {ACTION_ATTENTION}")
-        problems += horizon_config_problems(self.horizons, self.chunk_size)
+        problems += horizon_config_problems(self)
         if self.horizons is not None and len(self.horizons) > 1 and self.action_attention != "full":
             problems.append(
                 "a mixture of horizons needs action_attention='full' (with causal attention every "
                 "horizon predicts the same step alike)"
             )
-        if self.dynamic_ratio is not None:
-            if self.horizons is None:
-                problems.append("dynamic_ratio needs a mixture of horizons (set horizons)")
-            if self.dynamic_ratio <= 0:
-                problems.append(f"dynamic_ratio must be > 0, got {self.dynamic_ratio}")
-        if min(self.dynamic_window, self.dynamic_min_steps) < 1 or self.dynamic_stop_cover < 0:
-            problems.append("dynamic_window and dynamic_min_steps must be >= 1, dynamic_stop_cover >= 0")
         if problems:
             raise PolicyError("invalid MoDE config: " + "; ".join(problems))
 

@@ -36,11 +36,11 @@ from vla.policies.mode.caching import ExpertCache, build_expert_cache, schedule_
 from vla.policies.mode.configuration_mode import MoDEConfig
 from vla.policies.modules.diffusion import EDM
 from vla.policies.modules.horizons import (
+    DynamicHorizonPolicy,
     HorizonLayout,
     HorizonOutput,
     MixtureOfHorizons,
     disagreement,
-    dynamic_horizon,
     mixture_loss,
 )
 from vla.policies.modules.language import get_language_encoder
@@ -242,7 +242,7 @@ class ObservationEncoder(nn.Module):
 
 
 @register_policy(MoDEConfig)
-class MoDEPolicy(Policy):
+class MoDEPolicy(DynamicHorizonPolicy, Policy):
     config: MoDEConfig
 
     def __init__(self, config: MoDEConfig, dataset_stats: Mapping[str, Mapping[str, Any]] | None = None):
@@ -425,45 +425,17 @@ class MoDEPolicy(Policy):
         (dynamic inference); otherwise it is `n_action_steps` for every row."""
         cfg = self.config
         chunk, trace = self._sample(batch, num_steps, generator, noise)
-        if trace is None or cfg.dynamic_ratio is None:
-            return chunk, torch.full((chunk.shape[0],), cfg.n_action_steps, dtype=torch.long)
-        assert self.moh is not None
-        n_exec = dynamic_horizon(
-            trace.disagreement,
-            self.moh.layout.cover_count,
-            cfg.dynamic_ratio,
-            cfg.dynamic_window,
-            cfg.dynamic_min_steps,
-            cfg.dynamic_stop_cover,
-        )
-        trace.n_exec = n_exec.cpu()
-        return chunk, n_exec.cpu()
+        n_exec = self.dynamic_n_exec(None if trace is None else trace.disagreement, chunk.shape[0])
+        if trace is not None and cfg.dynamic_ratio is not None:
+            trace.n_exec = n_exec
+        return chunk, n_exec
 
     @property
     def decides_horizon(self) -> bool:
-        """Whether `predict_plan` picks the number of executed steps: MoH with dynamic inference (or a
-        subclass with its own `predict_plan`)."""
+        """As DynamicHorizonPolicy's, and True for a subclass with its own `predict_plan`."""
         if type(self).predict_plan is not MoDEPolicy.predict_plan:
             return True
-        return self.moh is not None and self.config.dynamic_ratio is not None
-
-    def set_dynamic_horizon(self, ratio: float | None) -> None:
-        """Turn dynamic inference on with threshold ratio `ratio` (None: off)."""
-        if ratio is not None and self.moh is None:
-            raise PolicyError("dynamic horizons need a mixture-of-horizons MoDE (trained with horizons set, --moh)")
-        self.config = self.config.replace(dynamic_ratio=ratio)
-
-    @torch.no_grad()
-    def select_action(self, obs: Mapping[str, Any]) -> torch.Tensor:
-        """As `Policy.select_action`; with dynamic horizons each plan queues its chosen number of steps
-        (the fewest over the batch's rows: they share one queue)."""
-        if not self.decides_horizon:
-            return super().select_action(obs)
-        batch = self._with_history(obs)
-        if not self._action_queue:
-            chunk, n_exec = self.predict_plan(batch)
-            self._action_queue.extend(chunk[:, : int(n_exec.min())].transpose(0, 1))
-        return self._action_queue.popleft()
+        return DynamicHorizonPolicy.decides_horizon.fget(self)  # type: ignore[attr-defined]
 
     def _sample(
         self,

@@ -31,8 +31,9 @@ flow-matching head, a one-step regression head) into a mixture of horizons:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,10 +69,29 @@ def check_horizons(horizons: tuple[int, ...]) -> None:
         raise ValueError(f"horizons must be distinct positive integers, got {horizons}")
 
 
-def horizon_config_problems(horizons: tuple[int, ...] | None, chunk_size: int) -> list[str]:
-    """What is wrong with a policy config's mixture-of-horizons fields (empty: fine or off)."""
+def horizon_config_problems(config: Any) -> list[str]:
+    """What is wrong with a policy config's mixture-of-horizons and dynamic-inference fields
+    (`horizons`, `chunk_size`, `dynamic_ratio/window/min_steps/stop_cover`); empty: fine or off."""
+    out = _dynamic_problems(config)
+    horizons, chunk_size = config.horizons, config.chunk_size
     if horizons is None:
-        return []
+        return out
+    return out + _horizon_problems(tuple(horizons), chunk_size)
+
+
+def _dynamic_problems(config: Any) -> list[str]:
+    out = []
+    if config.dynamic_ratio is not None:
+        if config.horizons is None:
+            out.append("dynamic_ratio needs a mixture of horizons (set horizons)")
+        if config.dynamic_ratio <= 0:
+            out.append(f"dynamic_ratio must be > 0, got {config.dynamic_ratio}")
+    if min(config.dynamic_window, config.dynamic_min_steps) < 1 or config.dynamic_stop_cover < 0:
+        out.append("dynamic_window and dynamic_min_steps must be >= 1, dynamic_stop_cover >= 0")
+    return out
+
+
+def _horizon_problems(horizons: tuple[int, ...], chunk_size: int) -> list[str]:
     try:
         check_horizons(horizons)
     except ValueError as e:
@@ -289,3 +309,46 @@ def dynamic_horizon(
     ok = (score < threshold) & (cover_count.to(score.device) > stop_cover).unsqueeze(0)
     ok[:, : min(min_steps, h)] = True  # the first steps always run (they set the threshold)
     return ok.long().cumprod(1).sum(1)  # the leading run of steps that pass
+
+
+class DynamicHorizonPolicy:
+    """Dynamic inference for a policy with a mixture of horizons (`self.moh`) whose config carries
+    `dynamic_ratio/window/min_steps/stop_cover`: `n_exec` from the horizons' accumulated disagreement,
+    `set_dynamic_horizon`, and `select_action` queueing the chosen number of steps. Mixed into the
+    policy class before `Policy`."""
+
+    def dynamic_n_exec(self, score: torch.Tensor | None, rows: int) -> torch.Tensor:
+        """(B,) steps to execute: the consensus when dynamic inference is on, else n_action_steps."""
+        cfg = self.config  # type: ignore[attr-defined]
+        if score is None or cfg.dynamic_ratio is None or self.moh is None:  # type: ignore[attr-defined]
+            return torch.full((rows,), cfg.n_action_steps, dtype=torch.long)
+        layout = self.moh.layout  # type: ignore[attr-defined]
+        n = dynamic_horizon(score, layout.cover_count, cfg.dynamic_ratio, cfg.dynamic_window,
+                            cfg.dynamic_min_steps, cfg.dynamic_stop_cover)  # fmt: skip
+        return n.cpu()
+
+    @property
+    def decides_horizon(self) -> bool:
+        """Whether `predict_plan` picks the number of executed steps (MoH with dynamic inference on)."""
+        return self.moh is not None and self.config.dynamic_ratio is not None  # type: ignore[attr-defined]
+
+    def set_dynamic_horizon(self, ratio: float | None) -> None:
+        """Turn dynamic inference on with threshold ratio `ratio` (None: off)."""
+        from vla.policies.base import PolicyError
+
+        if ratio is not None and self.moh is None:  # type: ignore[attr-defined]
+            raise PolicyError("dynamic horizons need a mixture-of-horizons policy (trained with horizons set, --moh)")
+        self.config = self.config.replace(dynamic_ratio=ratio)  # type: ignore[attr-defined]
+
+    @torch.no_grad()
+    def select_action(self, obs: Mapping[str, Any]) -> torch.Tensor:
+        """As `Policy.select_action`; with dynamic horizons each plan queues its chosen number of steps
+        (the fewest over the batch's rows: they share one queue)."""
+        if not self.decides_horizon:
+            return super().select_action(obs)  # type: ignore[misc]
+        batch = self._with_history(obs)  # type: ignore[attr-defined]
+        queue = self._action_queue  # type: ignore[attr-defined]
+        if not queue:
+            chunk, n_exec = self.predict_plan(batch)  # type: ignore[attr-defined]
+            queue.extend(chunk[:, : int(n_exec.min())].transpose(0, 1))
+        return queue.popleft()
