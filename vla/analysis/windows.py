@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from torch.utils.data import default_collate
 
 from vla.datasets.normalize import MultiNormalizer
 from vla.datasets.sampler import MixtureDataset, WindowConfig, WindowDataset
@@ -51,18 +51,8 @@ def embodiment_remap(policy: Policy, embodiments: Sequence[str]) -> dict[str, in
 
 
 def collate(items: list[dict[str, Any]], remap: dict[str, int] | None = None) -> dict[str, Any]:
-    """Stack windows into a batch (lists for strings); embodiment ids mapped to the checkpoint's."""
-    out: dict[str, Any] = {}
-    for key in items[0]:
-        vals = [it[key] for it in items]
-        if isinstance(vals[0], torch.Tensor):
-            out[key] = torch.stack(vals)
-        elif isinstance(vals[0], np.ndarray):
-            out[key] = torch.from_numpy(np.stack(vals))
-        elif isinstance(vals[0], bool | int | np.integer):
-            out[key] = torch.tensor(vals)
-        else:
-            out[key] = vals
+    """Stack windows into a batch as the trainer's DataLoader does; embodiment ids mapped to the checkpoint's."""
+    out = default_collate(items)
     if remap is not None:
         out["embodiment_id"] = torch.tensor([remap[e] for e in out["embodiment"]])
     return out

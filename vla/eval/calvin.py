@@ -26,7 +26,7 @@ from vla.eval.episodes import EpisodeResult, EpisodeSpec, EvalError, derive_seed
 from vla.eval.fit import check_policy_fits
 from vla.eval.planners import PlannerSpec, PolicyPlanner, load_data_spec, policy_decides_horizon
 from vla.eval.report import VIDEO_DIR, VideoKeeper, plot_bars, write_report
-from vla.eval.results import ResultsLog, write_summary
+from vla.eval.results import ResultsLog, finish_run, start_run
 from vla.eval.runner import RunStats, run_episodes
 from vla.eval.worker import SlotConfig
 from vla.sim.calvin.chains import CHAIN_LENGTH, NUM_CHAINS, Chain, evaluation_chains
@@ -320,18 +320,12 @@ def evaluate_calvin(config: CalvinEvalConfig, progress: bool = True) -> dict[str
 
     plan = prepare(config)
     out = Path(config.out)
-    log = ResultsLog(out).open(plan.settings, resume=config.resume, selection=SELECTION_SETTINGS)
-    done_before = sum(1 for e in plan.episodes if e.episode_id in log.records)
-    todo = [e for e in plan.episodes if e.episode_id not in log.records]
-    if not config.resume:
-        for p in (out / VIDEO_DIR).glob("*.mp4"):
-            p.unlink()
+    log, todo, done_before = start_run(out, plan.settings, plan.episodes, resume=config.resume,
+                                       selection=SELECTION_SETTINGS, progress=progress, unit="chains")  # fmt: skip
     chosen = {f"calvin/{i}" for i in (config.video_chains or ())}
     keeper = VideoKeeper(out / VIDEO_DIR, max(config.videos, len(chosen)), FPS)
     renderer = VideoRenderer(plan.factory)
     lengths = [completed_length(log.records[e.episode_id]) for e in plan.episodes if e.episode_id in log.records]
-    if done_before and progress:
-        tqdm.write(f"resuming: {done_before} of {len(plan.episodes)} chains already in {log.path}")
     bar = tqdm(total=len(plan.episodes), initial=done_before, desc="calvin", disable=not progress, unit="chain")
 
     def on_result(result: EpisodeResult, states: np.ndarray | None, stats: RunStats) -> None:
@@ -363,10 +357,7 @@ def evaluate_calvin(config: CalvinEvalConfig, progress: bool = True) -> dict[str
         bar.close()
         renderer.close()
     summary = summarize(plan, log, stats, time.perf_counter() - t0, done_before, keeper.files())
-    write_summary(out, summary)
-    summary["report"] = str(write_calvin_report(out, summary))
-    write_summary(out, summary)
-    return summary
+    return finish_run(out, summary, write_calvin_report)
 
 
 def summarize(

@@ -27,7 +27,7 @@ from vla.eval.episodes import EpisodeResult, EpisodeSpec, EvalError, derive_seed
 from vla.eval.fit import check_policy_fits
 from vla.eval.planners import PlannerSpec, PolicyPlanner, load_data_spec, policy_decides_horizon
 from vla.eval.report import VIDEO_DIR, VideoKeeper, summary_table, write_report
-from vla.eval.results import ResultsLog, group_rates, write_summary
+from vla.eval.results import ResultsLog, finish_run, group_rates, start_run
 from vla.eval.runner import RunStats, run_episodes
 from vla.eval.worker import SlotConfig
 from vla.sim.libero import (
@@ -420,15 +420,9 @@ def evaluate_libero(config: LiberoEvalConfig, progress: bool = True) -> dict[str
 
     plan = prepare(config)
     out = Path(config.out)
-    log = ResultsLog(out).open(plan.settings, resume=config.resume, selection=SELECTION_SETTINGS)
-    done_before = len([e for e in plan.episodes if e.episode_id in log.records])
-    todo = [e for e in plan.episodes if e.episode_id not in log.records]
-    if not config.resume:  # starting over: the old run's videos go with its log
-        for p in (out / VIDEO_DIR).glob("*.mp4"):
-            p.unlink()
+    log, todo, done_before = start_run(out, plan.settings, plan.episodes, resume=config.resume,
+                                       selection=SELECTION_SETTINGS, progress=progress)  # fmt: skip
     keeper = VideoKeeper(out / VIDEO_DIR, config.videos, FPS)
-    if done_before and progress:
-        tqdm.write(f"resuming: {done_before} of {len(plan.episodes)} episodes already in {log.path}")
     ok_before = sum(1 for e in plan.episodes if log.records.get(e.episode_id, {}).get("success"))
     renderer = VideoRenderer(plan.factory, config.video_size or min(plan.factory.image_size, 128))
     bar = tqdm(total=len(plan.episodes), initial=done_before, desc=config.suite, disable=not progress, unit="ep")
@@ -461,10 +455,7 @@ def evaluate_libero(config: LiberoEvalConfig, progress: bool = True) -> dict[str
         bar.close()
         renderer.close()
     summary = summarize(plan, log, stats, time.perf_counter() - t0, done_before, keeper.files())
-    write_summary(out, summary)
-    summary["report"] = str(write_report(out, summary))
-    write_summary(out, summary)
-    return summary
+    return finish_run(out, summary, write_report)
 
 
 def print_summary(summary: Mapping[str, Any], console: Any = None) -> None:

@@ -134,7 +134,7 @@ class PolicyPlanner:
         cfg = self.policy.config
         if self.layout is None:
             return cfg
-        return cfg.replace(state_dim=len(self.layout.state_slots) or None, action_dim=len(self.layout.action_slots))
+        return cfg.replace(state_dim=self.layout.state_dim, action_dim=self.layout.action_dim)
 
     @property
     def multi_embodiment(self) -> bool:
@@ -152,12 +152,7 @@ class PolicyPlanner:
         from vla.policies.base import observation_batch
 
         device = next(self.policy.parameters(), torch.empty(0)).device
-        if self.layout is None:
-            return observation_batch(self.policy.config, batch, batch["task"], device)
-        frames = dict(batch)
-        inputs = observation_batch(self.policy.config, frames, batch["task"], "cpu")
-        inputs = self.layout.to_policy(inputs)
-        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        return observation_batch(self.policy.config, batch, batch["task"], device, self.layout)
 
     def describe(self) -> dict[str, Any]:
         cfg = self.policy.config

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from vla.eval.episodes import EpisodeResult, EvalError
+from vla.eval.episodes import EpisodeResult, EpisodeSpec, EvalError
 
 EPISODES_FILE = "episodes.jsonl"
 RUN_FILE = "run.json"
@@ -138,3 +138,40 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def start_run(
+    out: Path,
+    settings: Mapping[str, Any],
+    episodes: Iterable[EpisodeSpec],
+    *,
+    resume: bool,
+    selection: Iterable[str],
+    progress: bool,
+    unit: str = "episodes",
+) -> tuple[ResultsLog, list[EpisodeSpec], int]:
+    """Open (or resume) a protocol's results log: (log, episodes still to run, episodes already done).
+
+    Starting over also removes the old run's videos: they belong to its log."""
+    from vla.eval.report import VIDEO_DIR
+
+    episodes = list(episodes)
+    log = ResultsLog(out).open(settings, resume=resume, selection=selection)
+    todo = [e for e in episodes if e.episode_id not in log.records]
+    done_before = len(episodes) - len(todo)
+    if not resume:
+        for p in (out / VIDEO_DIR).glob("*.mp4"):
+            p.unlink()
+    if done_before and progress:
+        from tqdm import tqdm
+
+        tqdm.write(f"resuming: {done_before} of {len(episodes)} {unit} already in {log.path}")
+    return log, todo, done_before
+
+
+def finish_run(out: Path, summary: dict[str, Any], report: Any) -> dict[str, Any]:
+    """summary.json, then the report (which links it), then summary.json again with the report's path."""
+    write_summary(out, summary)
+    summary["report"] = str(report(out, summary))
+    write_summary(out, summary)
+    return summary

@@ -317,6 +317,15 @@ class EmbodimentLayout:
         state = norm.slots.get("observation.state", [()] * len(norm.names))[e]
         return cls(embodiment, e, tuple(state), tuple(norm.slots["action"][e]))
 
+    @property
+    def state_dim(self) -> int | None:
+        """The robot's native state size (None: it has no state)."""
+        return len(self.state_slots) or None
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_slots)
+
     def to_policy(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Native state (B, n_obs, D) -> slots; every row is this embodiment."""
         from vla.datasets import slots as slotlib
@@ -336,12 +345,17 @@ class EmbodimentLayout:
 
 
 def observation_batch(
-    config: PolicyConfig, frames: Mapping[str, np.ndarray], tasks: Sequence[str], device: torch.device | str = "cpu"
+    config: PolicyConfig,
+    frames: Mapping[str, np.ndarray],
+    tasks: Sequence[str],
+    device: torch.device | str = "cpu",
+    layout: EmbodimentLayout | None = None,
 ) -> dict[str, Any]:
     """Stacked observation histories in the store's layout -> a policy batch.
 
     `frames[key]` is (B, n_obs, ...) as environments, robots and stores hold it (images uint8 HWC);
     this is the one HWC -> CHW boundary of every closed-loop caller (evaluation, deployment, server).
+    `layout`: the robot's place in a multi-embodiment policy (its native state goes into its slots).
     """
     cams = set(config.camera_keys)
     out: dict[str, Any] = {"task": [str(t) for t in tasks]}
@@ -351,6 +365,8 @@ def observation_batch(
     rows = len(out["task"])
     out["observation_is_pad"] = torch.zeros(rows, config.n_obs, dtype=torch.bool)
     out["embodiment_id"] = torch.zeros(rows, dtype=torch.long)  # single-embodiment callers
+    if layout is not None:
+        out = layout.to_policy(out)
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
 
 

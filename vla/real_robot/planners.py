@@ -56,13 +56,11 @@ class PolicyPlanner:
 
     @property
     def state_dim(self) -> int | None:
-        if self.layout is not None:
-            return len(self.layout.state_slots) or None
-        return self.config.state_dim
+        return self.layout.state_dim if self.layout is not None else self.config.state_dim
 
     @property
     def action_dim(self) -> int:
-        return len(self.layout.action_slots) if self.layout is not None else self.config.action_dim
+        return self.layout.action_dim if self.layout is not None else self.config.action_dim
 
     def warmup(self, task: str = "") -> None:
         """One throw-away plan: the language encoder and kernels load now, not on the first control tick."""
@@ -89,11 +87,7 @@ class PolicyPlanner:
         keys = self.config.observation_keys
         frames = {k: np.stack([hist.push(k, np.asarray(obs[k])) for obs, hist in items]) for k in keys}
         tasks = [str(obs.get("task", "")) for obs, _ in items]
-        if self.layout is None:
-            batch = observation_batch(self.config, frames, tasks, self.device)
-        else:  # native state -> this arm's slots; the chunk's slots -> native actions
-            batch = self.layout.to_policy(observation_batch(self.config, frames, tasks, "cpu"))
-            batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = observation_batch(self.config, frames, tasks, self.device, self.layout)
         with torch.no_grad():
             out = self.policy.predict_chunk(batch)
             if self.layout is not None:

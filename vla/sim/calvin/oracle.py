@@ -17,6 +17,7 @@ import numpy as np
 
 from vla.sim.base import SimError
 from vla.sim.calvin.tasks import BLOCKS, SUBTASKS
+from vla.sim.rotations import CONJUGATE, quat_mul
 
 Info = Mapping[str, Any]
 SLIDER_JOINT, DRAWER_JOINT = "base__slide", "base__drawer"
@@ -64,19 +65,6 @@ def _pos_change(start: Info, end: Info, name: str) -> np.ndarray:
 # --- quaternions (x, y, z, w, PyBullet's order) -------------------------------------------------------
 
 
-def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    ax, ay, az, aw = a
-    bx, by, bz, bw = b
-    return np.array(
-        [
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-            aw * bw - ax * bx - ay * by - az * bz,
-        ]
-    )
-
-
 def relative_euler_xyz(start_orn: Sequence[float], end_orn: Sequence[float]) -> np.ndarray:
     """Degrees (x, y, z) of the rotation taking `start_orn` to `end_orn` (end * start^-1), as
     extrinsic x-y-z angles (R = Rz Ry Rx), the convention of the reference's scipy call."""
@@ -84,7 +72,7 @@ def relative_euler_xyz(start_orn: Sequence[float], end_orn: Sequence[float]) -> 
     q1 = np.asarray(end_orn, float)
     q0 = q0 / np.linalg.norm(q0)
     q1 = q1 / np.linalg.norm(q1)
-    x, y, z, w = _quat_mul(q1, q0 * np.array([-1.0, -1.0, -1.0, 1.0]))
+    x, y, z, w = quat_mul(q1, q0 * CONJUGATE)
     roll = np.arctan2(2 * (w * x + y * z), 1 - 2 * (x * x + y * y))
     pitch = np.arcsin(np.clip(2 * (w * y - z * x), -1.0, 1.0))
     yaw = np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vla.sim.libero import LiberoEnv, quat_to_axis_angle
+from vla.sim.rotations import CONJUGATE, quat_mul
 
 PREDICATES = ("in", "on")
 OPEN, CLOSE = -1.0, 1.0
@@ -32,23 +33,9 @@ CLEAR_GAP = 0.0  # room wanted between the hand and a neighbour tall enough to t
 DROP_TOLERANCE = 0.04  # the object moved this far relative to the hand: it slipped out
 
 
-def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of (x, y, z, w) quaternions."""
-    ax, ay, az, aw = a
-    bx, by, bz, bw = b
-    return np.array(
-        [
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-            aw * bw - ax * bx - ay * by - az * bz,
-        ]
-    )
-
-
 def rotation_error(target_xyzw: np.ndarray, current_xyzw: np.ndarray) -> np.ndarray:
     """World-frame axis-angle rotating `current` onto `target` (the OSC controller's delta convention)."""
-    q = quat_mul(target_xyzw, current_xyzw * np.array([-1.0, -1.0, -1.0, 1.0]))
+    q = quat_mul(target_xyzw, current_xyzw * CONJUGATE)
     return quat_to_axis_angle(q if q[3] >= 0 else -q)  # shortest way round
 
 
