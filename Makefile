@@ -13,6 +13,7 @@ demo: env
 
 test: env
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -q tests
 
 lint: env
