@@ -161,14 +161,14 @@ def dense_overrides(target_active: int) -> dict[str, Any]:
 
 
 def active_params(ckpt: Path) -> dict[str, int]:
-    from vla.policies.base import Policy
+    from vla.policies.policy import Policy
 
     return Policy.from_pretrained(ckpt).parameter_counts()
 
 
 def offline(ckpt: Path, stores: list[Path]) -> dict[str, dict[str, Any]]:
     from vla.analysis.action_error import offline_action_error
-    from vla.policies.base import Policy
+    from vla.policies.policy import Policy
 
     policy = Policy.from_pretrained(ckpt)
     return {k: v.to_json() for k, v in offline_action_error(policy, [str(s) for s in stores], stride=3).items()}
@@ -176,7 +176,7 @@ def offline(ckpt: Path, stores: list[Path]) -> dict[str, dict[str, Any]]:
 
 def purity(ckpt: Path, stores: list[Path]) -> dict[str, Any]:
     from vla.analysis.routing import collect_routing
-    from vla.policies.base import Policy
+    from vla.policies.policy import Policy
 
     stats = collect_routing(Policy.from_pretrained(ckpt), [str(s) for s in stores], windows=256)
     return {name: stats.to_json()["layers"][name]["purity"] for name, lc in stats.layers.items()

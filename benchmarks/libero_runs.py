@@ -46,8 +46,8 @@ def train_run(
 ) -> tuple[Path, dict[str, Any]]:
     """Train (or reuse a finished run in `run`, or resume an interrupted one); the checkpoint and
     {train_s, samples_per_s, first_loss, last_loss} (NaN times when reused)."""
+    from vla.policies.pretrained import latest_checkpoint
     from vla.train import TrainConfig, train
-    from vla.train.checkpoint import latest_checkpoint
 
     last = latest_checkpoint(run)
     if last is not None and int(last.name.split("_")[1]) >= steps:

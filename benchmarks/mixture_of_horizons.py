@@ -71,7 +71,7 @@ def evaluate(name: str, ckpt: Path, args: argparse.Namespace, dynamic: float | N
 
 def time_calls(ckpt: Path, n: int, dynamic: float | None = None) -> float:
     """Median seconds of one plan (batch 1) on a fixed state observation."""
-    from vla.policies.base import Policy
+    from vla.policies.policy import Policy
 
     policy = Policy.from_pretrained(ckpt).eval()
     if dynamic is not None:

@@ -9,7 +9,7 @@ import pytest
 from vla.datasets.store import Store
 from vla.datasets.validate import validate_store
 from vla.demo import DemoConfig, run_demo
-from vla.policies.base import Policy
+from vla.policies.policy import Policy
 
 
 @pytest.mark.slow

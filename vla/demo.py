@@ -111,8 +111,8 @@ def stage_convert(cfg: DemoConfig, res: DemoResult) -> str:
 
 
 def stage_train(cfg: DemoConfig, res: DemoResult) -> str:
+    from vla.policies.pretrained import latest_checkpoint
     from vla.train import TrainConfig, train
-    from vla.train.checkpoint import latest_checkpoint
 
     run = cfg.out / "train"
     tc = TrainConfig(

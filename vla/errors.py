@@ -18,3 +18,7 @@ class DataError(VlaError):
         self.problem = problem
         where = f"{self.path}" + (f" [{key}]" if key else "")
         super().__init__(f"{where}: {problem}")
+
+
+class PolicyError(VlaError):
+    """A policy config, checkpoint or input that cannot work: says what and how to fix it."""

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from vla.analysis.action_error import offline_action_error
-from vla.analysis.routing import resolve_checkpoint
 from vla.datasets.store import Store
-from vla.policies.base import Policy
+from vla.policies.policy import Policy
+from vla.policies.pretrained import resolve_checkpoint
 
 
 @pytest.fixture()

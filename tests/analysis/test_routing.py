@@ -10,10 +10,12 @@ from typer.testing import CliRunner
 
 from tests.analysis.conftest import MOE
 from tests.train.helpers import TINY, write_reach_store
-from vla.analysis.routing import RoutingError, collect_routing, resolve_checkpoint, routing_purity
+from vla.analysis.routing import collect_routing, routing_purity
 from vla.analysis.windows import WindowsError
 from vla.cli import app
-from vla.policies.base import Policy, PolicyError
+from vla.errors import PolicyError
+from vla.policies.policy import Policy
+from vla.policies.pretrained import resolve_checkpoint
 from vla.train import TrainConfig, train
 
 
@@ -64,7 +66,7 @@ def test_unfit_inputs_fail_clearly(two_embodiment_run, tmp_path):
     other = write_reach_store(tmp_path / "c.zarr", episodes=2, length=20, action="joint5_gripper", embodiment="toy_c")
     with pytest.raises(WindowsError, match=r"toy_c.*not in the checkpoint"):
         collect_routing(policy, [stores[0], str(other.path)], windows=4)
-    with pytest.raises(RoutingError, match="neither a checkpoint"):
+    with pytest.raises(PolicyError, match="neither a checkpoint"):
         resolve_checkpoint(tmp_path)
     dense = write_reach_store(tmp_path / "d.zarr", episodes=2, length=20)
     tc = TrainConfig(data=(str(dense.path),), out=str(tmp_path / "dense"), steps=1, batch_size=4, warmup_steps=1,

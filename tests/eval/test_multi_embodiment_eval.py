@@ -15,7 +15,7 @@ from vla.datasets.store import Episode, StoreWriter
 from vla.eval.episodes import EvalError
 from vla.eval.libero import evaluate_libero, prepare
 from vla.eval.planners import PolicyPlanner
-from vla.policies.base import Policy
+from vla.policies.policy import Policy
 from vla.train import TrainConfig, train
 
 TINY_HIMOE = {"width": 32, "n_heads": 2, "layer_pattern": "ahda", "num_steps": 2, "chunk_size": 6, "n_action_steps": 6}

@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from vla.errors import VlaError
-from vla.policies.base import PolicyError
+from vla.errors import PolicyError, VlaError
 from vla.policies.modules.vlm import VisionLanguageBackbone
 from vla.policies.modules.vlm_testing import build_tiny_paligemma
 

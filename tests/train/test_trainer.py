@@ -15,9 +15,10 @@ import torch
 
 from tests.train.helpers import TINY, write_reach_store
 from vla.datasets.sampler import WindowConfig, WindowDataset
-from vla.policies.base import Policy, PolicyError
+from vla.errors import PolicyError
+from vla.policies.policy import Policy
+from vla.policies.pretrained import list_checkpoints
 from vla.train import TrainConfig, train
-from vla.train.checkpoint import list_checkpoints
 from vla.train.config import TrainError
 from vla.train.metrics import read_metrics
 

@@ -18,7 +18,7 @@ import torch
 
 from vla.analysis.windows import collate, embodiment_remap, policy_windows, uses_slots
 from vla.datasets import slots as slotlib
-from vla.policies.base import Policy
+from vla.policies.policy import Policy
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch
 
 from vla.analysis.windows import collate, embodiment_remap, policy_windows
 from vla.errors import VlaError
-from vla.policies.base import Policy
+from vla.policies.policy import Policy
 
 GROUPINGS = ("embodiment", "task", "level")
 
@@ -87,19 +87,6 @@ def routing_purity(top1: dict[str, np.ndarray]) -> dict[str, Any]:
         "distinct_majority": len(set(majors)) == len(majors),
         "majority_expert": {e: int(c.argmax()) for e, c in top1.items()},
     }
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a training run's folder (its newest checkpoint)."""
-    from vla.train.checkpoint import latest_checkpoint
-
-    p = Path(path)
-    if (p / "config.json").exists():
-        return p
-    latest = latest_checkpoint(p) if p.is_dir() else None
-    if latest is None:
-        raise RoutingError(f"{p}: neither a checkpoint (config.json + model.safetensors) nor a run folder with one")
-    return latest
 
 
 def collect_routing(

@@ -17,7 +17,7 @@ from torch.utils.data import default_collate
 from vla.datasets.normalize import MultiNormalizer
 from vla.datasets.sampler import MixtureDataset, WindowConfig, WindowDataset
 from vla.errors import VlaError
-from vla.policies.base import Policy
+from vla.policies.policy import Policy
 
 
 class WindowsError(VlaError):

@@ -39,12 +39,12 @@ def routing(
 
     from vla.analysis.routing import (
         collect_routing,
-        resolve_checkpoint,
         routing_purity,
         top_experts,
         write_routing_report,
     )
-    from vla.policies.base import Policy
+    from vla.policies.policy import Policy
+    from vla.policies.pretrained import resolve_checkpoint
 
     ckpt = resolve_checkpoint(checkpoint)
     policy = Policy.from_pretrained(ckpt, map_location=device)

@@ -11,7 +11,7 @@ from vla.sim.base import SimError, fit_problems
 def policy_fit_problems(env_spec: StoreSpec, config: Any, data_spec: StoreSpec | None) -> list[str]:
     """Mismatches between an environment and a policy (its config, and its training data's spec when the
     checkpoint carries one: then dimension meanings, control rate and image orientation are checked too)."""
-    from vla.policies.base import PolicyError
+    from vla.errors import PolicyError
 
     keys = [*config.camera_keys, *(["observation.state"] if config.state_dim is not None else [])]
     problems = fit_problems(env_spec, data_spec, keys=keys) if data_spec is not None else []

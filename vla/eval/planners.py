@@ -14,20 +14,15 @@ instruction `task` holds; a new stage starts from a fresh observation history).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from vla.datasets.spec import StoreSpec
 from vla.errors import VlaError
 from vla.eval.episodes import EvalError
-
-DATA_SPEC_FILE = "data_spec.json"  # the training store's StoreSpec, written next to a checkpoint
-DATA_FILE = "data.json"  # every training store: path, embodiment, spec
+from vla.policies.pretrained import load_data_spec  # noqa: F401  (protocols import it from here until they move)
 
 
 @dataclass
@@ -69,7 +64,7 @@ class RandomPlanner:
 
 
 class PolicyPlanner:
-    """A `vla.policies.base.Policy` behind the planner interface.
+    """A `vla.policies.policy.Policy` behind the planner interface.
 
     The harness keeps the per-environment observation histories and action queues (the policy's own
     single queue would mix environments), so only `predict_chunk` is called, on the stacked rows.
@@ -121,7 +116,7 @@ class PolicyPlanner:
     def bind_embodiment(self, embodiment: str) -> None:
         """Run a multi-embodiment policy as `embodiment`: native observations in, native actions out
         (a no-op for single-embodiment policies)."""
-        from vla.policies.base import EmbodimentLayout
+        from vla.policies.embodiment import EmbodimentLayout
 
         try:
             self.layout = EmbodimentLayout.of(self.policy, embodiment)
@@ -149,7 +144,7 @@ class PolicyPlanner:
     def _to_torch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         import torch
 
-        from vla.policies.base import observation_batch
+        from vla.policies.runtime import observation_batch
 
         device = next(self.policy.parameters(), torch.empty(0)).device
         return observation_batch(self.policy.config, batch, batch["task"], device, self.layout)
@@ -188,7 +183,7 @@ class PlannerSpec:
             return RandomPlanner(self.action_low, self.action_high, self.replan_steps or 1)
         import torch
 
-        from vla.policies.base import Policy
+        from vla.policies.policy import Policy
 
         torch.manual_seed(self.seed)
         policy = Policy.from_pretrained(self.policy, map_location=self.device)
@@ -198,16 +193,3 @@ class PlannerSpec:
 def policy_decides_horizon(policy: Any) -> bool:
     """Whether a policy chooses how many actions of each chunk to execute (`predict_plan`)."""
     return hasattr(policy, "predict_plan") and bool(getattr(policy, "decides_horizon", True))
-
-
-def load_data_spec(checkpoint: str | Path, embodiment: str | None = None) -> StoreSpec | None:
-    """The training store's spec saved with a checkpoint (with `embodiment`: the first store of that
-    embodiment, from the checkpoint's data.json), None when the checkpoint has none."""
-    if embodiment is not None:
-        stores = Path(checkpoint) / DATA_FILE
-        if stores.exists():
-            for entry in json.loads(stores.read_text()):
-                if entry.get("embodiment") == embodiment:
-                    return StoreSpec.from_json(entry["spec"])
-    path = Path(checkpoint) / DATA_SPEC_FILE
-    return StoreSpec.from_json(json.loads(path.read_text())) if path.exists() else None

@@ -1,14 +1,10 @@
-"""Policies: the shared interface and registry (base.py), shared modules, and one folder per policy."""
+"""Policies: the config and model bases, checkpoints, the runtime, the registry, shared modules, one folder
+per policy."""
 
-from vla.policies.base import (
-    Policy,
-    PolicyConfig,
-    PolicyError,
-    available_policies,
-    get_policy,
-    make_policy,
-    register_policy,
-)
+from vla.errors import PolicyError
+from vla.policies.config import PolicyConfig
+from vla.policies.policy import Policy
+from vla.policies.registry import available_policies, get_policy, make_policy
 
 __all__ = [
     "Policy",
@@ -17,5 +13,4 @@ __all__ = [
     "available_policies",
     "get_policy",
     "make_policy",
-    "register_policy",
 ]

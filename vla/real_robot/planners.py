@@ -37,7 +37,8 @@ class PolicyPlanner:
     def __init__(self, policy: Any, device: str = "cpu", embodiment: str | None = None):
         import torch
 
-        from vla.policies.base import EmbodimentLayout, Policy
+        from vla.policies.embodiment import EmbodimentLayout
+        from vla.policies.policy import Policy
 
         self.torch = torch
         if isinstance(policy, str | Path):
@@ -81,7 +82,7 @@ class PolicyPlanner:
 
     def predict_batch(self, items: Sequence[tuple[Observation, ObsHistory]]) -> list[np.ndarray]:
         """One forward pass for several clients' observations (the server batches with this)."""
-        from vla.policies.base import observation_batch
+        from vla.policies.runtime import observation_batch
 
         torch = self.torch
         keys = self.config.observation_keys

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,32 +32,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vla.datasets.spec import StoreSpec
-from vla.policies.base import Policy
+from vla.policies.policy import Policy
+from vla.policies.pretrained import LAST, list_checkpoints, save_data_specs, step_dir
 from vla.train.config import TrainError
 
-CHECKPOINTS = "checkpoints"
-LAST = "last"
 STATE = "train_state"
-DATA_SPEC_FILE = "data_spec.json"
-STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-def step_dir(out: Path, step: int) -> Path:
-    return out / CHECKPOINTS / f"step_{step:06d}"
-
-
-def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, oldest first (`.partial` leftovers of a kill are ignored)."""
-    root = out / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
-    return sorted(found)
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    found = list_checkpoints(out)
-    return found[-1][1] if found else None
 
 
 # --- optimizer and RNG state as safetensors + JSON ------------------------------------------------
@@ -129,16 +107,7 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     raw = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
     policy.save_pretrained(tmp, state_dict=ema_state if ema_state is not None else raw)
-    (tmp / DATA_SPEC_FILE).write_text(json.dumps(specs[0].to_json(), indent=2))
-    (tmp / "data.json").write_text(
-        json.dumps(
-            [
-                {"path": p, "embodiment": s.embodiment, "spec": s.to_json()}
-                for p, s in zip(data_paths, specs, strict=True)
-            ],
-            indent=2,
-        )
-    )
+    save_data_specs(tmp, specs, data_paths)
     state = tmp / STATE
     state.mkdir()
     save_file(raw, str(state / "model.safetensors"))

@@ -17,7 +17,8 @@ from vla.datasets.normalize import MultiNormalizer, Normalizer, merge_stats
 from vla.datasets.sampler import MixtureDataset, WindowConfig, WindowDataset
 from vla.datasets.spec import StoreSpec
 from vla.datasets.store import Store
-from vla.policies.base import PolicyConfig, PolicyError
+from vla.errors import PolicyError
+from vla.policies.config import PolicyConfig
 from vla.train.config import TrainError
 
 STATE_KEY = "observation.state"

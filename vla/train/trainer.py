@@ -27,7 +27,10 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from vla.datasets.sampler import MixtureSampler
-from vla.policies.base import Policy, PolicyConfig, get_policy
+from vla.policies.config import PolicyConfig
+from vla.policies.policy import Policy
+from vla.policies.pretrained import latest_checkpoint
+from vla.policies.registry import get_policy
 from vla.train import checkpoint as ckpt
 from vla.train.config import TrainConfig, TrainError
 from vla.train.data import DATA_FIELDS, TrainingData, build_training_data
@@ -83,7 +86,7 @@ def _optimizer_settings(tc: TrainConfig, pc: PolicyConfig) -> tuple[float, tuple
 def _prepare_run_dir(tc: TrainConfig, resume: bool) -> Path | None:
     """The checkpoint to resume from (None: fresh start); refuses to mix two runs in one folder."""
     out = tc.out_dir
-    last = ckpt.latest_checkpoint(out)
+    last = latest_checkpoint(out)
     saved = out / TRAIN_CONFIG_FILE
     if not resume:
         if last is not None or saved.exists():

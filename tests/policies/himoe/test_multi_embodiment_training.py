@@ -13,8 +13,8 @@ from tests.datasets.store_helpers import small_spec
 from tests.train.helpers import reach_episode
 from vla.datasets.sampler import MixtureDataset, WindowConfig, WindowDataset
 from vla.datasets.store import Episode, Store, StoreWriter
-from vla.policies.base import Policy
 from vla.policies.himoe import HiMoEPolicy
+from vla.policies.policy import Policy
 from vla.train import TrainConfig, train
 
 TINY = {"width": 32, "n_heads": 2, "num_steps": 4}  # the cpu preset (one layer of each kind), narrower

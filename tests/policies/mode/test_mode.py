@@ -17,9 +17,10 @@ from tests.policies.mode.helpers import (
 )
 from vla.policies import PolicyError, available_policies, get_policy
 from vla.policies import make_policy as registry_make_policy
-from vla.policies.base import NORMALIZATION_FILE, Policy
 from vla.policies.mode import MoDEConfig, MoDEPolicy
 from vla.policies.modules.moe import MoELayer, SwiGLU
+from vla.policies.policy import Policy
+from vla.policies.pretrained import NORMALIZATION_FILE
 
 # --- config and presets ------------------------------------------------------------------------------
 

@@ -12,10 +12,10 @@ from vla.cli.train import moh_settings
 from vla.eval.episodes import EvalError
 from vla.eval.planners import PolicyPlanner
 from vla.policies import PolicyError
-from vla.policies.base import Policy
 from vla.policies.mode import MoDEPolicy
 from vla.policies.mode.configuration_mode import MOH_HORIZONS, moh_overrides
 from vla.policies.modules.horizons import dynamic_horizon
+from vla.policies.policy import Policy
 
 HORIZONS = (2, 4, 6)
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from vla.policies.base import PolicyError
+from vla.errors import PolicyError
 from vla.policies.modules.language import get_language_encoder
 from vla.policies.modules.vision import FiLMResNet
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from vla.policies.base import PolicyConfig, PolicyError
+from vla.errors import PolicyError
+from vla.policies.config import PolicyConfig
 from vla.policies.modules.flow import TIME_SAMPLERS
 from vla.policies.modules.hier_moe import ACTION_SPACE_INPUTS
 from vla.policies.modules.horizons import DEFAULT_HORIZONS, horizon_config_problems

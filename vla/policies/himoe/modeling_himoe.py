@@ -43,7 +43,7 @@ from torch import nn
 
 from vla.datasets import slots as slotlib
 from vla.datasets.normalize import MultiNormalizer
-from vla.policies.base import LayerRouting, Policy, PolicyError, register_policy
+from vla.errors import PolicyError
 from vla.policies.himoe.conditioning import build_backbone
 from vla.policies.himoe.configuration_himoe import HiMoEConfig
 from vla.policies.modules.flow import FlowMatching, FlowSettings, euler_times, interpolate
@@ -66,6 +66,8 @@ from vla.policies.modules.horizons import (
 )
 from vla.policies.modules.moe import Routing, dense_routing_weights
 from vla.policies.modules.vision import to_float_images
+from vla.policies.policy import Policy
+from vla.policies.routing import LayerRouting
 
 STATE_KEY = "observation.state"
 
@@ -220,8 +222,8 @@ class Encoded:
     embodiment_id: torch.Tensor  # (B,)
 
 
-@register_policy(HiMoEConfig)
 class HiMoEPolicy(DynamicHorizonPolicy, Policy):
+    config_class = HiMoEConfig
     config: HiMoEConfig
 
     def __init__(self, config: HiMoEConfig, dataset_stats: Mapping[str, Mapping[str, Any]] | None = None):

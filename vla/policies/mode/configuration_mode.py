@@ -17,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from vla.policies.base import PolicyConfig, PolicyError
+from vla.errors import PolicyError
+from vla.policies.config import PolicyConfig
 from vla.policies.modules.diffusion import SIGMA_SCHEDULES, EDMSettings
 from vla.policies.modules.horizons import ACTION_ATTENTION, DEFAULT_HORIZONS, horizon_config_problems
 from vla.policies.modules.language import LANGUAGE_ENCODERS

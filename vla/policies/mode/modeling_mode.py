@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla.policies.base import LayerRouting, Policy, PolicyError, register_policy
+from vla.errors import PolicyError
 from vla.policies.mode.caching import ExpertCache, build_expert_cache, schedule_key
 from vla.policies.mode.configuration_mode import MoDEConfig
 from vla.policies.modules.diffusion import EDM
@@ -53,6 +53,8 @@ from vla.policies.modules.moe import (
     load_balancing_loss,
 )
 from vla.policies.modules.vision import FiLMResNet, to_float_images
+from vla.policies.policy import Policy
+from vla.policies.routing import LayerRouting
 
 FFNOverride = Callable[[torch.Tensor], torch.Tensor]
 
@@ -241,8 +243,8 @@ class ObservationEncoder(nn.Module):
         return torch.cat(tokens, dim=1), goal
 
 
-@register_policy(MoDEConfig)
 class MoDEPolicy(DynamicHorizonPolicy, Policy):
+    config_class = MoDEConfig
     config: MoDEConfig
 
     def __init__(self, config: MoDEConfig, dataset_stats: Mapping[str, Mapping[str, Any]] | None = None):

@@ -334,7 +334,7 @@ class DynamicHorizonPolicy:
 
     def set_dynamic_horizon(self, ratio: float | None) -> None:
         """Turn dynamic inference on with threshold ratio `ratio` (None: off)."""
-        from vla.policies.base import PolicyError
+        from vla.errors import PolicyError
 
         if ratio is not None and self.moh is None:  # type: ignore[attr-defined]
             raise PolicyError("dynamic horizons need a mixture-of-horizons policy (trained with horizons set, --moh)")

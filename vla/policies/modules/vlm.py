@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla.policies.base import PolicyError
+from vla.errors import PolicyError
 
 SUPPORTED_MODEL_TYPES = ("paligemma",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")

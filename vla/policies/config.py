@@ -1,0 +1,116 @@
+"""The policy config base: every hyperparameter in a frozen dataclass, presets, JSON round trip, and the data
+contract (camera keys, state and action sizes, chunk length, observation history) a trainer checks a store against."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
+
+from vla.errors import PolicyError
+from vla.keys import STATE_KEY
+
+C = TypeVar("C", bound="PolicyConfig")
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    """Base config: the data contract shared by all policies. Subclasses add their own fields."""
+
+    name: ClassVar[str] = ""
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    camera_keys: tuple[str, ...] = ("observation.images.image",)
+    state_dim: int | None = None  # None: the policy uses no proprioceptive state
+    action_dim: int = 7
+    chunk_size: int = 10  # actions predicted per plan (H)
+    n_action_steps: int = 10  # actions executed from each plan before re-planning
+    n_obs: int = 1  # observation frames per plan (history)
+    image_size: tuple[int, int] = (128, 128)  # images are resized to (H, W) inside the policy
+    # key -> normalisation mode (mean_std | min_max | quantile | identity), from store statistics
+    normalization: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: {STATE_KEY: "mean_std", "action": "min_max"}
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # JSON gives lists; keep configs hashable-ish and comparable
+            v = getattr(self, f.name)
+            if isinstance(v, list):
+                object.__setattr__(self, f.name, _to_tuple(v))
+        if self.chunk_size < 1 or self.n_obs < 1 or self.action_dim < 1:
+            raise PolicyError(f"chunk_size, n_obs and action_dim must be >= 1 (got {self})")
+        if not 1 <= self.n_action_steps <= self.chunk_size:
+            raise PolicyError(f"n_action_steps must be in [1, chunk_size={self.chunk_size}], got {self.n_action_steps}")
+
+    # --- presets and serialisation -----------------------------------------------------------
+    @classmethod
+    def from_preset(cls: type[C], preset: str, **overrides: Any) -> C:
+        if preset not in cls.presets:
+            raise PolicyError(f"unknown {cls.name} preset {preset!r}; choose one of {sorted(cls.presets)}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise PolicyError(f"unknown {cls.name} config fields {unknown}")
+        return cls(**{**cls.presets[preset], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {"type": self.name, **out}
+
+    @classmethod
+    def from_dict(cls: type[C], d: Mapping[str, Any]) -> C:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known - {"type"})
+        if unknown:
+            raise PolicyError(f"config has fields this {cls.name} version does not know: {unknown}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
+
+    # --- the data contract ------------------------------------------------------------------------
+    @property
+    def observation_keys(self) -> tuple[str, ...]:
+        """Per-frame observation keys the policy reads: its cameras, then the state if it uses one."""
+        return (*self.camera_keys, *((STATE_KEY,) if self.state_dim is not None else ()))
+
+    def required_features(self) -> dict[str, tuple[int, ...] | None]:
+        """Per-frame keys the policy reads, with the shape it needs (None: any shape of that kind)."""
+        out: dict[str, tuple[int, ...] | None] = dict.fromkeys(self.camera_keys)
+        if self.state_dim is not None:
+            out[STATE_KEY] = (self.state_dim,)
+        out["action"] = (self.action_dim,)
+        return out
+
+    def check_features(self, features: Mapping[str, Any]) -> None:
+        """Raise PolicyError naming every mismatch between this config and a store's keys.
+
+        `features`: key -> per-frame shape, or an object with `.shape` (a store's `keys`)."""
+        problems = []
+        for key, need in self.required_features().items():
+            if key not in features:
+                problems.append(f"missing key {key!r}")
+                continue
+            shape = tuple(getattr(features[key], "shape", features[key]))
+            if need is None:  # a camera: any size (resized inside), 3 channels either HWC or CHW
+                if len(shape) != 3 or 3 not in (shape[0], shape[-1]):
+                    problems.append(f"{key!r} should be an RGB image, has per-frame shape {shape}")
+            elif shape != need:
+                problems.append(f"{key!r} has per-frame shape {shape}, the policy needs {need}")
+        if problems:
+            have = ", ".join(sorted(features))
+            raise PolicyError(
+                f"the data does not fit this {self.name} config: {'; '.join(problems)} (data has: {have})"
+            )
+
+
+def _to_tuple(v: Any) -> Any:
+    return tuple(_to_tuple(x) for x in v) if isinstance(v, list | tuple) else v
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple | list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, Mapping):
+        return {k: _jsonable(x) for k, x in v.items()}
+    return v

@@ -1,0 +1,68 @@
+"""Where one robot's native vectors sit in a multi-embodiment (24-slot) policy's layout."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from vla.datasets import slots as slotlib
+from vla.datasets.normalize import MultiNormalizer
+from vla.errors import PolicyError
+from vla.keys import STATE_KEY
+
+if TYPE_CHECKING:
+    from vla.policies.policy import Policy
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbodimentLayout:
+    """Where one robot's native vectors sit in a multi-embodiment (24-slot) policy's layout, so a
+    closed-loop caller (evaluation, deployment) can hand it native observations and get native actions.
+    """
+
+    name: str
+    embodiment_id: int
+    state_slots: tuple[int, ...]
+    action_slots: tuple[int, ...]
+
+    @classmethod
+    def of(cls, policy: Policy, embodiment: str | None) -> EmbodimentLayout | None:
+        """The layout of `embodiment` in `policy` (None for single-embodiment policies)."""
+        norm = policy.normalizer
+        if not isinstance(norm, MultiNormalizer):
+            return None
+        if embodiment not in norm.names:
+            raise PolicyError(
+                f"this policy was trained on several embodiments ({', '.join(norm.names)}); "
+                f"{'the robot/environment is ' + repr(embodiment) if embodiment else 'none was named'}: "
+                "run it on one of those (or train with this robot's data)"
+            )
+        e = norm.names.index(embodiment)
+        state = norm.slots.get(STATE_KEY, [()] * len(norm.names))[e]
+        return cls(embodiment, e, tuple(state), tuple(norm.slots["action"][e]))
+
+    @property
+    def state_dim(self) -> int | None:
+        """The robot's native state size (None: it has no state)."""
+        return len(self.state_slots) or None
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_slots)
+
+    def to_policy(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Native state (B, n_obs, D) -> slots; every row is this embodiment."""
+        state = batch.get(STATE_KEY)
+        if state is not None and state.shape[-1] != slotlib.NUM_SLOTS:
+            out = state.new_zeros((*state.shape[:-1], slotlib.NUM_SLOTS))
+            out[..., list(self.state_slots)] = state
+            batch[STATE_KEY] = out
+        rows = len(batch["task"])
+        batch["embodiment_id"] = torch.full((rows,), self.embodiment_id, dtype=torch.long)
+        return batch
+
+    def to_native(self, chunk: torch.Tensor) -> torch.Tensor:
+        """(B, H, 24) slot-layout actions -> (B, H, D) in the robot's own layout."""
+        return chunk[..., list(self.action_slots)]

@@ -1,0 +1,130 @@
+"""The policy base class every policy model derives from.
+
+A policy is a config (vla.policies.config) and a model (a `Policy`, an nn.Module): `forward(batch) -> (loss,
+info)`, `predict_chunk(batch) -> (B, H, A)` unnormalised actions, `select_action(obs)` with an internal queue
+of the last chunk (`n_action_steps` executed per plan) and `reset()`, `save_pretrained(dir)` /
+`from_pretrained(dir)` (vla.policies.pretrained). Normalisation lives inside the policy (a `Normalizer` from
+vla.datasets.normalize, built from store statistics and saved with the checkpoint), so what the data loader
+gives and what the robot gets are raw units and nothing is normalised twice or forgotten.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from vla.datasets.normalize import MultiNormalizer, Normalizer
+from vla.errors import PolicyError
+from vla.keys import STATE_KEY
+from vla.policies.config import PolicyConfig
+from vla.policies.pretrained import load_pretrained, save_pretrained
+from vla.policies.routing import LayerRouting
+
+
+class Policy(nn.Module):
+    """Base policy. Subclasses implement `forward` (training loss) and `predict_chunk`."""
+
+    config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
+
+    def __init__(self, config: PolicyConfig, dataset_stats: Mapping[str, Mapping[str, Any]] | None = None):
+        super().__init__()
+        self.config = config
+        self.normalizer: Normalizer | MultiNormalizer = Normalizer({})
+        if dataset_stats is not None:
+            self.set_normalization(dataset_stats)
+        self._action_queue: deque[torch.Tensor] = deque()
+        self._obs_history: dict[str, deque[torch.Tensor]] = {}
+
+    # --- normalisation seam -----------------------------------------------------------------------
+    def set_normalization(self, stats: Mapping[str, Mapping[str, Any]] | Normalizer | MultiNormalizer) -> None:
+        """Use store statistics (key -> {mean, std, min, max, q01, q99, ...}) or a ready normaliser."""
+        if isinstance(stats, Normalizer | MultiNormalizer):
+            self.normalizer = stats
+            return
+        modes = {k: m for k, m in self.config.normalization.items() if k in stats or k == "action"}
+        self.normalizer = Normalizer.from_stats(stats, modes)
+
+    def normalize(self, key: str, x: torch.Tensor, embodiment_id: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(self.normalizer, MultiNormalizer):
+            return self.normalizer.normalize(key, x, embodiment_id)
+        return self.normalizer.normalize(key, x)
+
+    def unnormalize(self, key: str, x: torch.Tensor, embodiment_id: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(self.normalizer, MultiNormalizer):
+            return self.normalizer.unnormalize(key, x, embodiment_id)
+        return self.normalizer.unnormalize(key, x)
+
+    # --- the interface ----------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def predict_chunk(self, batch: Mapping[str, Any]) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Call at the start of every episode: clears the action queue and observation history."""
+        self._action_queue.clear()
+        self._obs_history.clear()
+
+    @torch.no_grad()
+    def select_action(self, obs: Mapping[str, Any]) -> torch.Tensor:
+        """One action (B, A) for the current observation; plans a new chunk when the queue is empty.
+
+        `obs` holds one frame per key (images (B, 3, H, W), state (B, S)) plus `task`; the policy keeps
+        the last `n_obs` frames itself (repeating the first frame after a reset, like training)."""
+        batch = self._with_history(obs)
+        if not self._action_queue:
+            chunk = self.predict_chunk(batch)  # (B, H, A)
+            self._action_queue.extend(chunk[:, : self.config.n_action_steps].transpose(0, 1))
+        return self._action_queue.popleft()
+
+    def _with_history(self, obs: Mapping[str, Any]) -> dict[str, Any]:
+        n = self.config.n_obs
+        out = dict(obs)
+        keys = [*self.config.camera_keys, *([STATE_KEY] if self.config.state_dim is not None else [])]
+        for key in keys:
+            if key not in obs:
+                raise PolicyError(f"observation is missing {key!r}")
+            frame = torch.as_tensor(obs[key])
+            hist = self._obs_history.get(key)
+            if hist is None:
+                hist = self._obs_history[key] = deque([frame] * n, maxlen=n)
+            else:
+                hist.append(frame)
+            out[key] = torch.stack(list(hist), dim=1)  # (B, n_obs, ...)
+        batch_size = next(iter(out[k] for k in keys)).shape[0] if keys else 1
+        out["observation_is_pad"] = torch.zeros(batch_size, n, dtype=torch.bool)
+        task = obs.get("task", "")
+        out["task"] = [task] * batch_size if isinstance(task, str) else list(task)
+        return out
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
+        """Write config.json, model.safetensors and normalization.json into `directory`.
+
+        `state_dict`: weights to save instead of the module's own (the trainer saves EMA weights)."""
+        return save_pretrained(self, directory, state_dict)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Policy:
+        return load_pretrained(directory, map_location, expected=cls)
+
+    # --- routing inspection (mixture-of-experts policies) ------------------------------------------------
+    @torch.no_grad()
+    def inspect_routing(self, batch: Mapping[str, Any], level: torch.Tensor) -> list[LayerRouting]:
+        """Run the action network once on a raw (unnormalised) training batch at noise/time `level`
+        (B,) and return every MoE layer's routing (for `vla inspect routing`). Dense policies raise."""
+        raise PolicyError(f"{type(self).__name__} has no mixture-of-experts layers to inspect")
+
+    def routing_levels(self) -> tuple[torch.Tensor, str]:
+        """The noise/time levels inference runs the action network at, and their name ("sigma", "t")."""
+        raise PolicyError(f"{type(self).__name__} has no mixture-of-experts layers to inspect")
+
+    # --- accounting ------------------------------------------------------------------------------------
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,157 @@
+"""Policy checkpoints on disk: what is written, and the one reader of each file.
+
+    CHECKPOINT/
+        config.json          the policy config with its type (the registry name)
+        model.safetensors    the weights (no pickle anywhere)
+        normalization.json   the normaliser's statistics
+        data_spec.json       the first training store's StoreSpec (evaluation fit checks, image settings)
+        data.json            every training store: path, embodiment, spec
+
+A training run's folder holds its checkpoints as RUN/checkpoints/step_N (complete ones only: each is
+renamed into place) and RUN/last pointing to the newest; `resolve_checkpoint` accepts either.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from vla.datasets.normalize import MultiNormalizer, Normalizer
+from vla.datasets.spec import StoreSpec
+from vla.errors import PolicyError
+
+if TYPE_CHECKING:
+    from vla.policies.policy import Policy
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+NORMALIZATION_FILE = "normalization.json"
+DATA_SPEC_FILE = "data_spec.json"
+DATA_FILE = "data.json"
+
+CHECKPOINTS = "checkpoints"
+LAST = "last"
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+# --- the policy ---------------------------------------------------------------------------------------
+
+
+def save_pretrained(
+    policy: Policy, directory: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None
+) -> Path:
+    """Write config.json, model.safetensors and normalization.json into `directory`.
+
+    `state_dict`: weights to save instead of the module's own (the trainer saves EMA weights)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / CONFIG_FILE).write_text(json.dumps(policy.config.to_dict(), indent=2))
+    source = policy.state_dict() if state_dict is None else state_dict
+    state = {k: v.detach().contiguous().cpu() for k, v in source.items()}
+    save_file(state, str(d / WEIGHTS_FILE), metadata={"format": "pt", "policy": policy.config.name})
+    (d / NORMALIZATION_FILE).write_text(json.dumps(policy.normalizer.state_dict(), indent=2))
+    return d
+
+
+def load_pretrained(
+    directory: str | Path, map_location: str | torch.device = "cpu", expected: type[Policy] | None = None
+) -> Policy:
+    """The policy saved in `directory`; `expected`: refuse a checkpoint of another policy class
+    (None or the `Policy` base: any registered policy)."""
+    from vla.policies.registry import get_policy
+
+    d = Path(directory)
+    if not (d / CONFIG_FILE).exists() or not (d / WEIGHTS_FILE).exists():
+        raise PolicyError(f"{d} is not a policy checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        raw = json.loads((d / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PolicyError(f"{d / CONFIG_FILE}: unreadable policy config ({e})") from None
+    specific = expected is not None and bool(expected.config_class.name)
+    config_cls, model_cls = get_policy(raw.get("type", expected.config_class.name if specific else ""))
+    if specific and not issubclass(model_cls, expected):
+        raise PolicyError(f"{d} holds a {raw.get('type')!r} policy, not a {expected.config_class.name!r} one")
+    model = model_cls(config_cls.from_dict(raw))
+    try:
+        weights = load_file(str(d / WEIGHTS_FILE), device=str(map_location))
+    except (OSError, SafetensorError) as e:
+        raise PolicyError(f"{d / WEIGHTS_FILE}: unreadable weights ({e}); the checkpoint is damaged") from None
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise PolicyError(f"{d / WEIGHTS_FILE}: weights do not fit {d / CONFIG_FILE} ({first})") from None
+    norm_path = d / NORMALIZATION_FILE
+    if norm_path.exists():
+        try:
+            nd = json.loads(norm_path.read_text())
+            model.normalizer = (
+                MultiNormalizer.from_state_dict(nd) if "normalizers" in nd else Normalizer.from_state_dict(nd)
+            )
+        except (json.JSONDecodeError, KeyError, ValueError) as e:
+            raise PolicyError(f"{norm_path}: unreadable normalisation statistics ({e})") from None
+    return model.to(map_location)
+
+
+# --- the training data it was made from ------------------------------------------------------------------
+
+
+def save_data_specs(directory: Path, specs: Sequence[StoreSpec], data_paths: Sequence[str]) -> None:
+    """data_spec.json (the first store) and data.json (every store with its embodiment)."""
+    (directory / DATA_SPEC_FILE).write_text(json.dumps(specs[0].to_json(), indent=2))
+    entries = [
+        {"path": p, "embodiment": s.embodiment, "spec": s.to_json()} for p, s in zip(data_paths, specs, strict=True)
+    ]
+    (directory / DATA_FILE).write_text(json.dumps(entries, indent=2))
+
+
+def load_data_spec(checkpoint: str | Path, embodiment: str | None = None) -> StoreSpec | None:
+    """The training store's spec saved with a checkpoint (with `embodiment`: the first store of that
+    embodiment, from the checkpoint's data.json), None when the checkpoint has none."""
+    if embodiment is not None:
+        stores = Path(checkpoint) / DATA_FILE
+        if stores.exists():
+            for entry in json.loads(stores.read_text()):
+                if entry.get("embodiment") == embodiment:
+                    return StoreSpec.from_json(entry["spec"])
+    path = Path(checkpoint) / DATA_SPEC_FILE
+    return StoreSpec.from_json(json.loads(path.read_text())) if path.exists() else None
+
+
+# --- a training run's folder of checkpoints -------------------------------------------------------------
+
+
+def step_dir(out: Path, step: int) -> Path:
+    return out / CHECKPOINTS / f"step_{step:06d}"
+
+
+def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first (`.partial` leftovers of a kill are ignored)."""
+    root = out / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    found = list_checkpoints(out)
+    return found[-1][1] if found else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a training run's folder (its newest checkpoint)."""
+    p = Path(path)
+    if (p / CONFIG_FILE).exists():
+        return p
+    latest = latest_checkpoint(p) if p.is_dir() else None
+    if latest is None:
+        raise PolicyError(f"{p}: neither a checkpoint ({CONFIG_FILE} + {WEIGHTS_FILE}) nor a run folder with one")
+    return latest
