@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vla.datasets import slots as slotlib
-from vla.datasets.normalize import MultiNormalizer
 from vla.errors import PolicyError
-from vla.keys import STATE_KEY
+from vla.keys import ACTION_KEY, STATE_KEY
 
 if TYPE_CHECKING:
     from vla.policies.policy import Policy
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbodimentTable:
+    """The robots a multi-embodiment policy was trained on: their names (index = embodiment id) and, per
+    slot-layout key, each robot's native -> slot indices."""
+
+    names: tuple[str, ...]
+    slots: Mapping[str, tuple[tuple[int, ...], ...]]
+
+    def layout(self, embodiment: str | None) -> EmbodimentLayout:
+        if embodiment not in self.names:
+            raise PolicyError(
+                f"this policy was trained on several embodiments ({', '.join(self.names)}); "
+                f"{'the robot/environment is ' + repr(embodiment) if embodiment else 'none was named'}: "
+                "run it on one of those (or train with this robot's data)"
+            )
+        e = self.names.index(embodiment)
+        state = self.slots.get(STATE_KEY, ((),) * len(self.names))[e]
+        return EmbodimentLayout(embodiment, e, tuple(state), tuple(self.slots[ACTION_KEY][e]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,18 +50,8 @@ class EmbodimentLayout:
     @classmethod
     def of(cls, policy: Policy, embodiment: str | None) -> EmbodimentLayout | None:
         """The layout of `embodiment` in `policy` (None for single-embodiment policies)."""
-        norm = policy.normalizer
-        if not isinstance(norm, MultiNormalizer):
-            return None
-        if embodiment not in norm.names:
-            raise PolicyError(
-                f"this policy was trained on several embodiments ({', '.join(norm.names)}); "
-                f"{'the robot/environment is ' + repr(embodiment) if embodiment else 'none was named'}: "
-                "run it on one of those (or train with this robot's data)"
-            )
-        e = norm.names.index(embodiment)
-        state = norm.slots.get(STATE_KEY, [()] * len(norm.names))[e]
-        return cls(embodiment, e, tuple(state), tuple(norm.slots["action"][e]))
+        table = policy.embodiments
+        return None if table is None else table.layout(embodiment)
 
     @property
     def state_dim(self) -> int | None:

@@ -22,6 +22,7 @@ from vla.datasets.normalize import MultiNormalizer, Normalizer
 from vla.errors import PolicyError
 from vla.keys import STATE_KEY
 from vla.policies.config import PolicyConfig
+from vla.policies.embodiment import EmbodimentTable
 from vla.policies.pretrained import load_pretrained, save_pretrained
 from vla.policies.routing import LayerRouting
 
@@ -58,6 +59,15 @@ class Policy(nn.Module):
         if isinstance(self.normalizer, MultiNormalizer):
             return self.normalizer.unnormalize(key, x, embodiment_id)
         return self.normalizer.unnormalize(key, x)
+
+    @property
+    def embodiments(self) -> EmbodimentTable | None:
+        """The robots of a multi-embodiment (slot-layout) policy; None for a single-embodiment policy."""
+        norm = self.normalizer
+        if not isinstance(norm, MultiNormalizer):
+            return None
+        slots = {k: tuple(tuple(s) for s in v) for k, v in norm.slots.items()}
+        return EmbodimentTable(tuple(norm.names), slots)
 
     # --- the interface ----------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:  # pragma: no cover
