@@ -10,6 +10,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from vla.policies.registry import POLICIES
+
 console = Console()
 
 
@@ -48,7 +50,7 @@ def moh_settings(policy: str, horizons: str | None = None) -> dict[str, Any]:
 def train(
     data: Annotated[list[Path], typer.Option("--data", help="A store to train on; repeat for a mixture.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints/, last -> newest checkpoint, metrics.jsonl.")],
-    policy: Annotated[str, typer.Option(help="Registered policy name (see `vla train --help`), e.g. mode.")] = "mode",
+    policy: Annotated[str, typer.Option(help=f"Registered policy: {' | '.join(POLICIES.names())}.")] = "mode",
     preset: Annotated[str, typer.Option(help="Config preset of the policy: cpu (small) or paper.")] = "cpu",
     steps: Annotated[int, typer.Option(help="Total optimizer steps (a resumed run continues up to this).")] = 1000,
     batch_size: Annotated[int, typer.Option(help="Windows per step and process.")] = 32,
