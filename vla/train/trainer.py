@@ -119,6 +119,41 @@ def _policy_config(
     return fields, tuple(k for k in DATA_FIELDS if k not in overrides)
 
 
+@dataclass
+class _Session:
+    """A run once it is set up: the prepared model and optimiser, and where training starts."""
+
+    accelerator: Accelerator
+    data: TrainingData
+    model: torch.nn.Module  # as accelerate prepared it (wrapped on several processes)
+    policy: Policy  # the same model unwrapped: what EMA, checkpoints and parameter counts use
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: EMA | None
+    resume_from: Path | None
+    start: int  # optimiser steps already done (0 unless resuming)
+
+
+class _MetricsWindow:
+    """Per-step metrics since the last log line; `flush` averages them and restarts the window."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, float]] = []
+        self.samples = 0
+        self.started = time.perf_counter()
+
+    def add(self, entry: dict[str, float], samples: int) -> None:
+        self.entries.append(entry)
+        self.samples += samples
+
+    def flush(self, lr: float) -> dict[str, float]:
+        now = time.perf_counter()
+        means = {k: sum(e[k] for e in self.entries if k in e) / len(self.entries) for k in self.entries[-1]}
+        means.update(lr=lr, samples_per_s=self.samples / max(now - self.started, 1e-9))
+        self.entries, self.samples, self.started = [], 0, now
+        return means
+
+
 def train(
     policy: str,
     tc: TrainConfig,
@@ -129,80 +164,108 @@ def train(
 ) -> TrainResult:
     """Train `policy` (a registered name) as `tc` says; see the module docstring."""
     t_start = time.perf_counter()
+    session = _set_up(policy, tc, preset, dict(overrides or {}), resume)
+    _write_train_config(session.accelerator, tc, policy)
+    result = _run_steps(session, tc)
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def _set_up(policy: str, tc: TrainConfig, preset: str | None, overrides: dict[str, Any], resume: bool) -> _Session:
+    """Seed, data, model, optimiser, schedule and EMA, restored from the last checkpoint when resuming.
+    The order is fixed: the model's initial weights come from the global RNG right after seeding."""
     config_cls, model_cls = get_policy(policy)
     resume_from = _prepare_run_dir(tc, resume)
     accelerator = Accelerator(cpu=tc.cpu, mixed_precision=tc.mixed_precision)
     set_seed(tc.seed + accelerator.process_index)
-    base, derive = _policy_config(config_cls, preset, dict(overrides or {}), resume_from)
+    base, derive = _policy_config(config_cls, preset, overrides, resume_from)
     data = build_training_data(config_cls, base, tc.data, derive=derive, image_size=tc.image_size, language=tc.language)
     model: Policy = model_cls(data.config)
     model.set_normalization(data.normalizer)
-    lr, betas, wd = _optimizer_settings(tc, data.config)
+    optimizer, scheduler = _optimizer_and_schedule(model, tc, data.config)
+    ema = EMA(model, tc.ema_decay) if tc.ema_decay > 0 else None
+    start = _restore(resume_from, model, optimizer, scheduler, ema) if resume_from is not None else 0
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped: Policy = accelerator.unwrap_model(prepared)
+    return _Session(accelerator, data, prepared, unwrapped, optimizer, scheduler, ema, resume_from, start)
+
+
+def _optimizer_and_schedule(model: Policy, tc: TrainConfig, pc: PolicyConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over `param_groups`, linear warm-up then cosine decay to `lr * min_lr_ratio`."""
+    lr, betas, wd = _optimizer_settings(tc, pc)
     optimizer = torch.optim.AdamW(param_groups(model, wd), lr=lr, betas=betas)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, min(tc.warmup_steps, tc.steps), tc.steps, min_lr_rate=tc.min_lr_ratio
     )
-    ema = EMA(model, tc.ema_decay) if tc.ema_decay > 0 else None
-    start = 0
-    if resume_from is not None:
-        start = _restore(resume_from, model, optimizer, scheduler, ema)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped: Policy = accelerator.unwrap_model(model)
+    return optimizer, scheduler
+
+
+def _write_train_config(accelerator: Accelerator, tc: TrainConfig, policy: str) -> None:
+    """What `--resume` compares against (see `_prepare_run_dir`)."""
     if accelerator.is_main_process:
         tc.out_dir.mkdir(parents=True, exist_ok=True)
         (tc.out_dir / TRAIN_CONFIG_FILE).write_text(json.dumps({**tc.to_dict(), "policy": policy}, indent=2))
-    sampler = _sampler(data, tc, accelerator)
+
+
+def _run_steps(s: _Session, tc: TrainConfig) -> TrainResult:
+    """Optimiser steps from `s.start` to `tc.steps`, logging and checkpointing on the way."""
+    sampler = _sampler(s.data, tc, s.accelerator)
     per_epoch = len(sampler) // tc.batch_size
-    log = MetricsLog(tc.out_dir, start, enabled=accelerator.is_main_process)
-    result = TrainResult(tc.out_dir, resume_from, start, None, None, 0.0, 0.0, _param_counts(unwrapped))
-    bar = tqdm(total=tc.steps, initial=start, desc="train", disable=not (tc.progress and accelerator.is_main_process))
-    model.train()
-    window: list[dict[str, float]] = []
-    t_window, samples = time.perf_counter(), 0
-    step = start
+    main = s.accelerator.is_main_process
+    log = MetricsLog(tc.out_dir, s.start, enabled=main)
+    result = TrainResult(tc.out_dir, s.resume_from, s.start, None, None, 0.0, 0.0, _param_counts(s.policy))
+    bar = tqdm(total=tc.steps, initial=s.start, desc="train", disable=not (tc.progress and main))
+    s.model.train()
+    window = _MetricsWindow()
+    step = s.start
     try:
-        for batch in _batches(data, sampler, tc, per_epoch, start):
-            with accelerator.autocast():
-                loss, info = model(batch)
-            if not torch.isfinite(loss):
-                raise TrainError(
-                    f"step {step + 1}: the loss is {float(loss)}; lower --lr, check the store's statistics "
-                    "(`vla data info`), or resume from the last checkpoint"
-                )
-            accelerator.backward(loss)
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(unwrapped)
+        for batch in _batches(s.data, sampler, tc, per_epoch, s.start):
+            entry = _train_step(s, batch, step + 1, tc.grad_clip)
             step += 1
-            samples += tc.batch_size * accelerator.num_processes
-            entry = {k: float(v) for k, v in info.items()}
-            if grad_norm is not None:
-                entry["grad_norm"] = float(grad_norm)
-            window.append(entry)
+            window.add(entry, tc.batch_size * s.accelerator.num_processes)
             if result.first_loss is None:
                 result.first_loss = entry["loss"]
             if step % tc.log_every == 0 or step == tc.steps:
-                now = time.perf_counter()
-                means = {k: sum(e[k] for e in window if k in e) / len(window) for k in window[-1]}
-                means.update(lr=scheduler.get_last_lr()[0], samples_per_s=samples / max(now - t_window, 1e-9))
-                log.log(step, means)
-                bar.set_postfix(loss=f"{means['loss']:.4f}", samples_s=f"{means['samples_per_s']:.0f}")
-                result.last_loss, result.samples_per_s = means["loss"], means["samples_per_s"]
-                window, t_window, samples = [], now, 0
+                _report(step, window.flush(lr=s.scheduler.get_last_lr()[0]), log, bar, result)
             bar.update(1)
             if step % tc.save_every == 0 or step == tc.steps:
-                result.checkpoint = _save(accelerator, tc, step, unwrapped, optimizer, scheduler, ema, data)
+                result.checkpoint = _save(s, tc, step)
             if step >= tc.steps:
                 break
     finally:
         bar.close()
         log.close()
     result.steps = step
-    result.seconds = time.perf_counter() - t_start
     return result
+
+
+def _report(step: int, means: dict[str, float], log: MetricsLog, bar: Any, result: TrainResult) -> None:
+    """One log line: metrics.jsonl, the progress bar, and the loss/speed the run reports at the end."""
+    log.log(step, means)
+    bar.set_postfix(loss=f"{means['loss']:.4f}", samples_s=f"{means['samples_per_s']:.0f}")
+    result.last_loss, result.samples_per_s = means["loss"], means["samples_per_s"]
+
+
+def _train_step(s: _Session, batch: dict[str, Any], step: int, grad_clip: float) -> dict[str, float]:
+    """One optimiser step (number `step`, counted from 1); returns its metrics as floats."""
+    with s.accelerator.autocast():
+        loss, info = s.model(batch)
+    if not torch.isfinite(loss):
+        raise TrainError(
+            f"step {step}: the loss is {float(loss)}; lower --lr, check the store's statistics "
+            "(`vla data info`), or resume from the last checkpoint"
+        )
+    s.accelerator.backward(loss)
+    grad_norm = s.accelerator.clip_grad_norm_(s.model.parameters(), grad_clip) if grad_clip > 0 else None
+    s.optimizer.step()
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    if s.ema is not None:
+        s.ema.update(s.policy)
+    entry = {k: float(v) for k, v in info.items()}
+    if grad_norm is not None:
+        entry["grad_norm"] = float(grad_norm)
+    return entry
 
 
 def _sampler(data: TrainingData, tc: TrainConfig, accelerator: Accelerator) -> MixtureSampler:
@@ -232,33 +295,25 @@ def _batches(
         epoch, pos = epoch + 1, 0
 
 
-def _save(
-    accelerator: Accelerator,
-    tc: TrainConfig,
-    step: int,
-    policy: Policy,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    ema: EMA | None,
-    data: TrainingData,
-) -> Path | None:
-    accelerator.wait_for_everyone()
+def _save(s: _Session, tc: TrainConfig, step: int) -> Path | None:
+    """Checkpoint `step` (EMA weights for evaluation + the full training state), written by the main process."""
+    s.accelerator.wait_for_everyone()
     path = None
-    if accelerator.is_main_process:
+    if s.accelerator.is_main_process:
         path = ckpt.save_checkpoint(
             tc.out_dir,
             step,
-            policy,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            ema_state=ema.state_dict() if ema is not None else None,
-            ema_updates=ema.updates if ema is not None else 0,
-            specs=data.specs,
+            s.policy,
+            optimizer=s.optimizer,
+            scheduler=s.scheduler,
+            ema_state=s.ema.state_dict() if s.ema is not None else None,
+            ema_updates=s.ema.updates if s.ema is not None else 0,
+            specs=s.data.specs,
             data_paths=tc.data,
             train_config=tc.to_dict(),
             keep=tc.keep_checkpoints,
         )
-    accelerator.wait_for_everyone()
+    s.accelerator.wait_for_everyone()
     return path
 
 
