@@ -82,7 +82,7 @@ def source_dataset(root: Path, episodes: int, lengths: range, seed: int) -> Path
     if info.exists() and json.loads(info.read_text()).get("total_episodes") == episodes:
         print(f"reusing LeRobot dataset {root}")
         return root
-    from vla.datasets.fixtures.lerobot import write_lerobot_dataset
+    from vla.testing.lerobot import write_lerobot_dataset
 
     shutil.rmtree(root, ignore_errors=True)
     t = time.perf_counter()

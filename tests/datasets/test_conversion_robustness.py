@@ -33,10 +33,11 @@ from vla.datasets.convert import convert
 from vla.datasets.convert.dp_zarr import DiffusionPolicyZarrConverter
 from vla.datasets.convert.libero import LiberoConverter
 from vla.datasets.declare import Declaration
-from vla.datasets.fixtures.dp_zarr import DpZarrWriter, write_pusht_zarr
-from vla.datasets.fixtures.libero_hdf5 import LiberoHdf5Writer, synthetic_demo, write_libero_hdf5
+from vla.datasets.libero_hdf5 import LiberoHdf5Writer
 from vla.datasets.store import INDEX_KEYS, JOURNAL, PARTIAL_SUFFIX, Store, StoreWriter
 from vla.errors import DataError
+from vla.testing.dp_zarr import DpZarrWriter, write_pusht_zarr
+from vla.testing.libero_hdf5 import synthetic_demo, write_libero_hdf5
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()

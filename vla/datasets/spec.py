@@ -32,6 +32,7 @@ DIM_KINDS: tuple[str, ...] = DimKind.__args__  # type: ignore[attr-defined]
 DIM_MODES: tuple[str, ...] = DimMode.__args__  # type: ignore[attr-defined]
 
 ImageOrientation = Literal["upright", "rotated_180"]
+ORIENTATIONS: tuple[str, ...] = ImageOrientation.__args__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class StoreSpec:
         for d in (*self.action, *self.state):
             out.extend(d.problems())
         for cam in self.cameras:
-            if cam.orientation not in ("upright", "rotated_180"):
+            if cam.orientation not in ORIENTATIONS:
                 out.append(f"camera {cam.name!r}: unknown orientation {cam.orientation!r}")
         return out
 

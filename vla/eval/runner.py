@@ -1,6 +1,6 @@
 """The generic evaluation loop: episodes spread over workers, one batched planner, throughput counts.
 
-Benchmark-neutral: a protocol (vla.eval.libero, later CALVIN) supplies the episode list, a picklable
+Benchmark-neutral: a protocol (vla.eval.protocols.libero, later CALVIN) supplies the episode list, a picklable
 env factory and the planner; results go to a callback as each episode finishes (the results log
 writes them at once, so a killed run loses only unfinished episodes).
 

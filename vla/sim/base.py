@@ -19,9 +19,9 @@ import numpy as np
 
 from vla.datasets.spec import KeySpec, StoreSpec
 from vla.errors import VlaError
+from vla.keys import ACTION_KEY, STATE_KEY
 
 Obs = dict[str, np.ndarray]
-ACTION_KEY = "action"
 
 
 class SimError(VlaError):
@@ -116,8 +116,8 @@ def fit_problems(env: StoreSpec, policy: StoreSpec, keys: Iterable[str] | None =
                 f"{key}: policy was trained on {pol_cams[key].orientation} frames, the environment delivers "
                 f"{env_cams[key].orientation} (set the environment's image orientation to match)"
             )
-        if key == "observation.state":
-            out += _dim_problems("observation.state", env.state, policy.state)
+        if key == STATE_KEY:
+            out += _dim_problems(STATE_KEY, env.state, policy.state)
     return out
 
 

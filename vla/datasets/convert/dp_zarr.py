@@ -31,14 +31,13 @@ from zarr.storage import ZipStore
 
 from vla.datasets.convert.base import files_fingerprint
 from vla.datasets.declare import Declaration
-from vla.datasets.spec import CameraSpec, DimSpec, KeySpec, SourceInfo, StoreSpec
+from vla.datasets.spec import ORIENTATIONS, CameraSpec, DimSpec, KeySpec, SourceInfo, StoreSpec
 from vla.datasets.store import INDEX_KEYS, Episode
 from vla.errors import DataError
+from vla.keys import IMAGE_PREFIX
 
-IMAGE_PREFIX = "observation.images."
 STATE_KEYS = ("state", "agent_pos")  # Diffusion Policy's names for the robot state, in preference order
 KNOWN_FORMATS = (2, 3)
-ORIENTATIONS = ("upright", "rotated_180")
 
 
 # --- opening -----------------------------------------------------------------------------------

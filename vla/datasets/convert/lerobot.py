@@ -38,16 +38,15 @@ import numpy as np
 
 from vla.datasets.convert.base import files_fingerprint
 from vla.datasets.declare import Declaration, infer_dims
-from vla.datasets.spec import CameraSpec, DimSpec, KeySpec, SourceInfo, StoreSpec
+from vla.datasets.spec import ORIENTATIONS, CameraSpec, DimSpec, KeySpec, SourceInfo, StoreSpec
 from vla.datasets.store import INDEX_KEYS, Episode
 from vla.errors import DataError
+from vla.keys import IMAGE_PREFIX
 
 INFO_PATH = Path("meta/info.json")
 SUPPORTED_MAJOR = "v3."
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 CAMERA_DTYPES = ("video", "image")
-IMAGE_PREFIX = "observation.images."
-ORIENTATIONS = ("upright", "rotated_180")
 NUMERIC_KINDS = "biuf"  # numpy kinds kept as extra keys: bool, signed, unsigned, float
 
 
