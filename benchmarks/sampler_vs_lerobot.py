@@ -50,7 +50,7 @@ QUICK_LEN = range(40, 61)
 CHILD_CONVERT = """
 import json, resource, sys, time
 import vla
-from vla.datasets.convert import convert
+from vla.datasets.convert.base import convert
 import lerobot.datasets.lerobot_dataset, lerobot.datasets.video_utils
 after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()

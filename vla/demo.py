@@ -96,7 +96,7 @@ def stage_demos(cfg: DemoConfig, res: DemoResult) -> str:
 
 
 def stage_convert(cfg: DemoConfig, res: DemoResult) -> str:
-    from vla.datasets.convert import convert
+    from vla.datasets.convert.base import convert
     from vla.datasets.store import Store
     from vla.datasets.validate import validate_store
 

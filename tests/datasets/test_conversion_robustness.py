@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 
 from vla.cli import app
 from vla.datasets import stats
-from vla.datasets.convert import convert
+from vla.datasets.convert.base import convert
 from vla.datasets.convert.dp_zarr import DiffusionPolicyZarrConverter
 from vla.datasets.convert.libero import LiberoConverter
 from vla.datasets.declare import Declaration
@@ -373,7 +373,7 @@ def test_resume_after_a_kill_inside_an_episode_write(tmp_path, monkeypatch):
 KILL_SCRIPT = """
 import os, signal, sys
 from vla.datasets import stats
-from vla.datasets.convert import convert
+from vla.datasets.convert.base import convert
 from vla.datasets.store import StoreWriter
 
 commits = 0

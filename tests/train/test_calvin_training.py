@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.train.helpers import TINY
-from vla.datasets.convert import convert
+from vla.datasets.convert.base import convert
 from vla.datasets.sampler import WindowConfig, WindowDataset
 from vla.policies.base import Policy
 from vla.policies.mode import MoDEConfig

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from vla.cli import app
 from vla.datasets.conventions.calvin import ROBOT_OBS_DIMS, SCENE_OBS_NAMES
-from vla.datasets.convert import convert
+from vla.datasets.convert.base import convert
 from vla.datasets.convert.calvin import CalvinConverter
 from vla.datasets.declare import Declaration, preset
 from vla.datasets.store import Store

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from vla.datasets.convert import convert
+from vla.datasets.convert.base import convert
 from vla.datasets.declare import Declaration, preset
 from vla.datasets.spec import DimSpec
 from vla.datasets.store import Store

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vla.cli import app
-from vla.datasets.convert import convert
+from vla.datasets.convert.base import convert
 from vla.datasets.convert.lerobot import LeRobotConverter
 from vla.datasets.declare import Declaration, preset
 from vla.datasets.store import Store

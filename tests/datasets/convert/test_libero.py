@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vla.datasets.conventions.libero import STATE_DIMS
-from vla.datasets.convert import convert
+from vla.datasets.convert.base import convert
 from vla.datasets.convert.libero import language_from_filename
 from vla.datasets.declare import Declaration, preset
 from vla.datasets.libero_hdf5 import quat_to_axis_angle
