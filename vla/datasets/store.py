@@ -410,4 +410,3 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, episodes={self.num_episodes}, frames={self.num_frames}, fps={self.fps})"
-

@@ -95,7 +95,7 @@ def fit_problems(env: StoreSpec, policy: StoreSpec, keys: Iterable[str] | None =
     out: list[str] = []
     if env.fps != policy.fps:
         out.append(f"control rate: policy data is {policy.fps:g} Hz, the environment runs at {env.fps:g} Hz")
-    out += _dim_problems("action", env.action, policy.action)
+    out += _dim_problems(ACTION_KEY, env.action, policy.action)
     env_keys, pol_keys = obs_keys(env), obs_keys(policy)
     wanted = list(pol_keys) if keys is None else list(keys)
     env_cams = {c.key: c for c in env.cameras}
