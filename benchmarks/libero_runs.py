@@ -93,7 +93,7 @@ def evaluate_success(
 ) -> dict[str, Any]:
     """LIBERO closed-loop evaluation (finished episodes in `out` are reused) and per-call counts."""
     from vla.eval.episodes import parse_ids
-    from vla.eval.libero import LiberoEvalConfig, evaluate_libero
+    from vla.eval.protocols.libero import LiberoEvalConfig, evaluate_libero
 
     t0 = time.perf_counter()
     summary = evaluate_libero(

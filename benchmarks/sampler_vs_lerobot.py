@@ -50,7 +50,7 @@ QUICK_LEN = range(40, 61)
 CHILD_CONVERT = """
 import json, resource, sys, time
 import vla
-from vla.datasets.convert import convert
+from vla.datasets.convert.base import convert
 import lerobot.datasets.lerobot_dataset, lerobot.datasets.video_utils
 after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
@@ -82,7 +82,7 @@ def source_dataset(root: Path, episodes: int, lengths: range, seed: int) -> Path
     if info.exists() and json.loads(info.read_text()).get("total_episodes") == episodes:
         print(f"reusing LeRobot dataset {root}")
         return root
-    from vla.datasets.fixtures.lerobot import write_lerobot_dataset
+    from vla.testing.lerobot import write_lerobot_dataset
 
     shutil.rmtree(root, ignore_errors=True)
     t = time.perf_counter()

@@ -23,7 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 import vla  # noqa: F401  (offline and LIBERO defaults before the simulator loads)
-from vla.sim.libero import CAMERAS, LiberoEnv, suite_tasks
+from vla.datasets.conventions.libero import CAMERAS
+from vla.sim.libero import LiberoEnv, suite_tasks
 
 
 @dataclass

@@ -60,14 +60,15 @@ Stage = Callable[[DemoConfig, DemoResult], str]
 
 
 def stage_demos(cfg: DemoConfig, res: DemoResult) -> str:
+    from vla.datasets.conventions.libero import TASK_FILE_SUFFIX
     from vla.sim.libero import get_task
-    from vla.sim.scripted import DEMO_SUFFIX, collect_task
+    from vla.sim.scripted import collect_task
 
     src = cfg.out / "source" / "libero"
     rates = {}
     for task_id in cfg.tasks:
         task = get_task(cfg.suite, task_id)
-        done = src / f"{task.name}{DEMO_SUFFIX}"
+        done = src / f"{task.name}{TASK_FILE_SUFFIX}"
         meta = done.with_suffix(".json")
         if done.exists() and meta.exists():
             report = json.loads(meta.read_text())
@@ -95,7 +96,7 @@ def stage_demos(cfg: DemoConfig, res: DemoResult) -> str:
 
 
 def stage_convert(cfg: DemoConfig, res: DemoResult) -> str:
-    from vla.datasets.convert import convert
+    from vla.datasets.convert.base import convert
     from vla.datasets.store import Store
     from vla.datasets.validate import validate_store
 
@@ -172,7 +173,7 @@ def plot_loss(metrics: list[dict[str, Any]], path: Path) -> Path:
 
 
 def stage_evaluate(cfg: DemoConfig, res: DemoResult) -> str:
-    from vla.eval.libero import LiberoEvalConfig, evaluate_libero, print_summary
+    from vla.eval.protocols.libero import LiberoEvalConfig, evaluate_libero, print_summary
 
     out = cfg.out / "eval"
     summary = evaluate_libero(

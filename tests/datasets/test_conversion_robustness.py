@@ -29,14 +29,15 @@ from typer.testing import CliRunner
 
 from vla.cli import app
 from vla.datasets import stats
-from vla.datasets.convert import convert
+from vla.datasets.convert.base import convert
 from vla.datasets.convert.dp_zarr import DiffusionPolicyZarrConverter
 from vla.datasets.convert.libero import LiberoConverter
 from vla.datasets.declare import Declaration
-from vla.datasets.fixtures.dp_zarr import DpZarrWriter, write_pusht_zarr
-from vla.datasets.fixtures.libero_hdf5 import LiberoHdf5Writer, synthetic_demo, write_libero_hdf5
+from vla.datasets.libero_hdf5 import LiberoHdf5Writer
 from vla.datasets.store import INDEX_KEYS, JOURNAL, PARTIAL_SUFFIX, Store, StoreWriter
 from vla.errors import DataError
+from vla.testing.dp_zarr import DpZarrWriter, write_pusht_zarr
+from vla.testing.libero_hdf5 import synthetic_demo, write_libero_hdf5
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -372,7 +373,7 @@ def test_resume_after_a_kill_inside_an_episode_write(tmp_path, monkeypatch):
 KILL_SCRIPT = """
 import os, signal, sys
 from vla.datasets import stats
-from vla.datasets.convert import convert
+from vla.datasets.convert.base import convert
 from vla.datasets.store import StoreWriter
 
 commits = 0

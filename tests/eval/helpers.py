@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
+from vla.datasets.conventions.libero import libero_spec
 from vla.datasets.spec import StoreSpec
-from vla.eval.libero import LiberoEvalConfig
+from vla.eval.protocols.libero import LiberoEvalConfig
 from vla.policies.mode import MoDEConfig, MoDEPolicy
-from vla.sim.libero import libero_spec
 
 SUITE, TASK = "libero_object", 1  # the task the sim tests use too (its init states load quickly)
 STEPS = 12  # a short step budget keeps each episode well under a second on 2 cores

@@ -1,24 +1,28 @@
-"""The CALVIN harness end to end on the fake backend: chains through the generic runner (1 and 2
-workers), one JSONL line per chain, resume after a kill, per-position rates, average length,
-report, plot, summary and videos; a CALVIN-store checkpoint running unchanged; the CLI."""
+"""The CALVIN harness end to end on the fake backend (vla.testing, handed in through the Python API):
+chains through the generic runner (1 and 2 workers), one JSONL line per chain, resume after a kill,
+per-position rates, average length, report, plot, summary and videos; a CALVIN-store checkpoint
+running unchanged; the CLI's options."""
 
 from __future__ import annotations
 
 import json
+from io import StringIO
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from tests.eval.helpers import save_checkpoint
 from vla.cli import app
 from vla.datasets.convert.calvin import CalvinConverter
 from vla.datasets.declare import Declaration
-from vla.datasets.fixtures.calvin import write_calvin_split
-from vla.eval.calvin import CalvinEvalConfig, chain_success_rates, evaluate_calvin
 from vla.eval.episodes import EvalError
+from vla.eval.protocols.calvin import CalvinEvalConfig, chain_success_rates, evaluate_calvin, print_summary
 from vla.eval.results import ResultsLog
 from vla.sim.calvin.chains import evaluation_chains
+from vla.testing.calvin_data import write_calvin_split
+from vla.testing.calvin_fake import FakeBackendFactory, ScriptedPlanner
 
 # Chains whose length the scripted planner reaches in the fake scene: 0, 1, 4, 2 and 5 subtasks.
 CHAINS = [0, 1, 4, 13, 19]
@@ -27,7 +31,7 @@ VOLATILE = {"wall_s"}
 
 
 def config(out: Path, **overrides) -> CalvinEvalConfig:
-    base = {"out": out, "policy": "scripted", "backend": "fake", "chain_ids": CHAINS, "videos": 2}
+    base = {"out": out, "policy": ScriptedPlanner(), "backend": FakeBackendFactory(), "chain_ids": CHAINS, "videos": 2}
     return CalvinEvalConfig(**{**base, **overrides})
 
 
@@ -126,8 +130,8 @@ def test_selection_errors_fail_before_any_chain(tmp_path):
         evaluate_calvin(config(tmp_path, chain_ids=[1000]), progress=False)
     with pytest.raises(EvalError, match="--chains"):
         evaluate_calvin(config(tmp_path, chain_ids=None, chains=0), progress=False)
-    with pytest.raises(EvalError, match="fake"):
-        evaluate_calvin(config(tmp_path, backend="calvin"), progress=False)
+    with pytest.raises(EvalError, match="planner object runs in this process"):
+        evaluate_calvin(config(tmp_path, policy_in_workers=True), progress=False)
     assert not (tmp_path / "episodes.jsonl").exists()
 
 
@@ -144,7 +148,8 @@ def test_a_checkpoint_trained_on_a_calvin_store_runs_unchanged(tmp_path):
     )
     out = tmp_path / "eval"
     summary = evaluate_calvin(
-        CalvinEvalConfig(out=out, policy=str(ckpt), backend="fake", chain_ids=[0, 1], max_steps=6), progress=False
+        CalvinEvalConfig(out=out, policy=str(ckpt), backend=FakeBackendFactory(), chain_ids=[0, 1], max_steps=6),
+        progress=False,
     )
     assert summary["chains"] == 2 and summary["settings"]["cameras"] == ["static"]
     assert summary["settings"]["image_sizes"] == {"static": 32}
@@ -152,21 +157,28 @@ def test_a_checkpoint_trained_on_a_calvin_store_runs_unchanged(tmp_path):
     assert all(r["error"] is None and r["steps"] == 6 and r["policy_calls"] == 2 for r in rows)
 
 
-def test_cli(tmp_path, resumed_run):
-    cli = CliRunner()
-    args = ["--backend", "fake", "--policy", "scripted", "--chain-ids", "0,1,4,13,19", "--no-progress"]
-    done = cli.invoke(app, ["eval", "calvin", *args, "--out", str(tmp_path), "--video-chains", "19"])
-    assert done.exit_code == 0, done.output
-    assert "average length 2.40 over 5 chains" in done.output and "avg. len" in done.output
+def printed(summary: dict) -> str:
+    out = StringIO()
+    print_summary(summary, Console(file=out, width=200))
+    return " ".join(out.getvalue().split())
+
+
+def test_chosen_videos_resume_and_changed_settings(tmp_path, resumed_run):
+    done = evaluate_calvin(config(tmp_path, videos=0, video_chains=[19]), progress=False)
+    assert "avg. len" in printed(done) and done["avg_len"] == pytest.approx(2.4)
     assert [p.name for p in (tmp_path / "videos").glob("*.mp4")] == ["success_calvin-19.mp4"]
-    resumed = cli.invoke(app, ["eval", "calvin", *args, "--out", str(tmp_path)])
-    assert resumed.exit_code == 0 and "0 chains run now, 5 from before" in " ".join(resumed.output.split())
-    other = cli.invoke(app, ["eval", "calvin", *args, "--out", str(tmp_path), "--max-steps", "10"])
-    assert isinstance(other.exception, EvalError) and "max_steps_per_subtask" in str(other.exception)
-    helped = cli.invoke(app, ["eval", "calvin", "--help"])
+    resumed = evaluate_calvin(config(tmp_path, videos=0), progress=False)
+    assert "0 chains run now, 5 from before" in printed(resumed)
+    with pytest.raises(EvalError, match="max_steps_per_subtask"):
+        evaluate_calvin(config(tmp_path, videos=0, max_steps=10), progress=False)
+
+
+def test_cli_options():
+    helped = CliRunner().invoke(app, ["eval", "calvin", "--help"])
     assert helped.exit_code == 0
     for flag in ("--policy", "--chains", "--workers", "--out", "--videos", "--resume"):
         assert flag in helped.output
+    assert "--backend" not in helped.output, "test doubles are for the Python API only"
 
 
 class ChunkingPlanner:
@@ -176,8 +188,6 @@ class ChunkingPlanner:
     n_obs = 2
 
     def __init__(self):
-        from vla.sim.calvin.fake import ScriptedPlanner
-
         self.inner = ScriptedPlanner()
         self.obs_keys = self.inner.obs_keys
         self.seen: list[tuple[int, str, bool]] = []  # (stage, language, both history frames equal)
@@ -201,14 +211,14 @@ class ChunkingPlanner:
 
 
 def test_stages_restart_history_and_drop_the_rest_of_a_chunk():
-    from vla.eval.calvin import CalvinEnvFactory, _episode
     from vla.eval.planners import PlannerSpec
+    from vla.eval.protocols.calvin import CalvinEnvFactory, _episode
     from vla.eval.runner import run_episodes
     from vla.eval.worker import SlotConfig
     from vla.sim.calvin.instructions import instruction
 
     planner, results = ChunkingPlanner(), []
-    factory = CalvinEnvFactory("fake", ("static",), (("static", 32),), 360)
+    factory = CalvinEnvFactory(FakeBackendFactory(), ("static",), (("static", 32),), 360)
     chain = evaluation_chains()[19]
     run_episodes(
         [_episode(chain, 0)],

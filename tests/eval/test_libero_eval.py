@@ -15,8 +15,8 @@ from tests.eval.factories import BrokenFactory
 from tests.eval.helpers import STEPS, SUITE, TASK, eval_config, fitting_data_spec, save_checkpoint
 from vla.cli import app
 from vla.eval.episodes import EpisodeSpec, EvalError
-from vla.eval.libero import PRESETS, LiberoEnvFactory, evaluate_libero, prepare
 from vla.eval.planners import Plan, PlannerSpec
+from vla.eval.protocols.libero import PRESETS, LiberoEnvFactory, evaluate_libero, prepare
 from vla.eval.results import ResultsLog
 from vla.eval.runner import run_episodes
 from vla.eval.worker import SlotConfig
@@ -145,10 +145,10 @@ def test_a_checkpoint_that_does_not_fit_fails_before_any_episode(tmp_path):
 def test_presets_record_their_protocol():
     assert {p: PRESETS[p].trials_per_task for p in PRESETS} == {"openpi": 50, "libero": 20, "mode": 20}
     openpi = prepare(eval_config(Path("unused"), init_states=None, max_steps=None))
-    assert openpi.init_state_ids == list(range(50)) and openpi.settings["max_steps"] == 280
+    assert openpi.protocol.init_state_ids == list(range(50)) and openpi.settings["max_steps"] == 280
     assert openpi.settings["env_seed"] == 7 and openpi.settings["image_orientation"] == "upright"
     libero = prepare(eval_config(Path("unused"), preset="libero", init_states=None, trials_per_task=3, seed=5))
-    assert libero.init_state_ids == [0, 1, 2] and libero.settings["env_seed"] == 5
+    assert libero.protocol.init_state_ids == [0, 1, 2] and libero.settings["env_seed"] == 5
     assert prepare(eval_config(Path("unused"), preset="libero", max_steps=None)).settings["max_steps"] == 600
     mode = prepare(eval_config(Path("unused"), preset="mode", init_states=[40, 41], max_steps=None))
     assert mode.settings["env_seed"] is None and mode.settings["max_steps"] == 520

@@ -13,8 +13,8 @@ from tests.datasets.store_helpers import write_toy_store
 from tests.eval.helpers import eval_config, fitting_data_spec
 from vla.datasets.store import Episode, StoreWriter
 from vla.eval.episodes import EvalError
-from vla.eval.libero import evaluate_libero, prepare
 from vla.eval.planners import PolicyPlanner
+from vla.eval.protocols.libero import evaluate_libero, prepare
 from vla.policies.policy import Policy
 from vla.train import TrainConfig, train
 

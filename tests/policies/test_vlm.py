@@ -11,7 +11,7 @@ from torch import nn
 
 from vla.errors import PolicyError, VlaError
 from vla.policies.modules.vlm import VisionLanguageBackbone
-from vla.policies.modules.vlm_testing import build_tiny_paligemma
+from vla.testing.vlm import build_tiny_paligemma
 
 CAMS = ("observation.images.image", "observation.images.wrist")
 MAX_TEXT = 12

@@ -7,12 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from vla.datasets.convert.libero import STATE_DIMS
+from vla.datasets.conventions.libero import STATE_DIMS, libero_spec
 from vla.datasets.declare import preset
 from vla.datasets.spec import CameraSpec, DimSpec, KeySpec, StoreSpec
 from vla.sim.base import SimError, check_fits, fit_problems, obs_keys
 from vla.sim.experts.libero_pick_place import rotation_error
-from vla.sim.libero import choose_gl_backend, libero_spec, quat_to_axis_angle
+from vla.sim.libero import choose_gl_backend, quat_to_axis_angle
 from vla.sim.rotations import quat_mul
 from vla.sim.scripted import parse_ids
 

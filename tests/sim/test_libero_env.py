@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from tests.sim.conftest import IMAGE_SIZE, SUITE, TASK
+from vla.datasets.conventions.libero import CAMERAS
 from vla.datasets.convert.libero import LiberoConverter
 from vla.datasets.declare import Declaration
-from vla.datasets.fixtures.libero_hdf5 import axis_angle_to_quat, write_libero_hdf5
+from vla.datasets.libero_hdf5 import axis_angle_to_quat
 from vla.sim.base import SimError, check_fits, fit_problems, obs_keys
-from vla.sim.libero import CAMERAS, LiberoEnv, get_task, gl_works, suite_tasks
+from vla.sim.libero import LiberoEnv, get_task, gl_works, suite_tasks
+from vla.testing.libero_hdf5 import write_libero_hdf5
 
 pytestmark = pytest.mark.slow
 HOLD_OPEN = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])

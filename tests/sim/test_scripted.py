@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from tests.sim.conftest import IMAGE_SIZE, SUITE, TASK
 from vla.cli import app as vla_app
 from vla.cli.sim import app as sim_app
-from vla.datasets.convert import convert
+from vla.datasets.convert.base import convert
 from vla.datasets.store import Store
 from vla.sim.base import fit_problems, obs_keys
 from vla.sim.experts.libero_pick_place import PickPlaceExpert

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from tests.train.helpers import TINY
-from vla.datasets.convert import convert
-from vla.datasets.fixtures.calvin import write_calvin_split
+from vla.datasets.convert.base import convert
 from vla.datasets.sampler import WindowConfig, WindowDataset
 from vla.policies.mode import MoDEConfig
 from vla.policies.policy import Policy
+from vla.testing.calvin_data import write_calvin_split
 from vla.train import TrainConfig, train
 from vla.train.config import TrainError
 

@@ -10,10 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vla.datasets.convert import CONVERTERS
+
 app = typer.Typer(help="Convert demonstrations into the vla store, inspect and validate stores.", no_args_is_help=True)
 console = Console()
-
-FORMATS = ("lerobot", "libero", "calvin", "dp-zarr")
 
 
 def _parse_pairs(values: list[str] | None, what: str) -> dict[str, str]:
@@ -32,7 +32,7 @@ def convert(
         Path, typer.Argument(help="Source file or folder (e.g. a folder of LIBERO HDF5 files, one per task).")
     ],
     dst: Annotated[Path, typer.Argument(help="Output store folder (written as DST.partial, renamed when complete).")],
-    fmt: Annotated[str, typer.Option("--from", help=f"Source format: {', '.join(FORMATS)}.")] = ...,
+    fmt: Annotated[str, typer.Option("--from", help=f"Source format: {', '.join(CONVERTERS.names())}.")] = ...,
     declare: Annotated[
         Path | None, typer.Option(help="YAML declaring what the source does not say (fps, action dims, ...).")
     ] = None,
@@ -59,11 +59,12 @@ def convert(
     restart: Annotated[bool, typer.Option(help="Ignore a partial conversion at DST.partial and start over.")] = False,
 ) -> None:
     """Convert demonstrations into a store, episode by episode; an interrupted run resumes."""
-    from vla.datasets.convert import convert as run_convert
+    from vla.datasets.convert.base import convert as run_convert
     from vla.datasets.declare import Declaration, preset
 
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", param_hint="--from")
+    if fmt not in CONVERTERS:
+        choices = ", ".join(CONVERTERS.names())
+        raise typer.BadParameter(f"unknown format {fmt!r}; choose one of {choices}", param_hint="--from")
     decl = Declaration.from_yaml(declare) if declare else Declaration()
     decl = decl.updated(
         fps=fps,

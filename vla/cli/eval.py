@@ -52,9 +52,10 @@ def libero(
 ) -> None:
     """Evaluate a policy on LIBERO tasks: per-episode JSONL as episodes finish, then summary and report."""
     from vla.eval.episodes import parse_ids
-    from vla.eval.libero import LiberoEvalConfig, evaluate_libero, print_summary
+    from vla.eval.protocols import PROTOCOLS
 
-    config = LiberoEvalConfig(
+    protocol = PROTOCOLS.load("libero")
+    config = protocol.config_class(
         suite=suite,
         out=out,
         policy=policy,
@@ -73,8 +74,8 @@ def libero(
         dynamic_horizon=dynamic_horizon,
         resume=resume,
     )
-    summary = evaluate_libero(config, progress=progress)
-    print_summary(summary)
+    summary = protocol(config).run(progress)
+    protocol.print_summary(summary)
     typer.echo(f"success rate {summary['success_rate']:.1%} over {summary['episodes']} episodes; {out}/summary.json")
 
 
@@ -112,14 +113,6 @@ def calvin(
             "--dynamic-horizon", metavar="RATIO", help="Mixture-of-horizons checkpoints: dynamic inference ratio."
         ),
     ] = None,
-    backend: Annotated[
-        str,
-        typer.Option(
-            hidden=True,
-            help="'calvin' (calvin_env, install with `vla sim calvin-setup PATH`) or 'fake' (kinematic test scene; "
-            "with --policy scripted it completes some subtasks).",
-        ),
-    ] = "calvin",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out (else start over).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with the running rates.")] = True,
 ) -> None:
@@ -133,10 +126,11 @@ def calvin(
 
     Needs the CALVIN simulator: `vla sim calvin-setup PATH`. A killed run resumes from episodes.jsonl.
     """
-    from vla.eval.calvin import CalvinEvalConfig, evaluate_calvin, print_summary
     from vla.eval.episodes import parse_ids
+    from vla.eval.protocols import PROTOCOLS
 
-    config = CalvinEvalConfig(
+    protocol = PROTOCOLS.load("calvin")
+    config = protocol.config_class(
         out=out,
         policy=policy,
         chains=chains,
@@ -149,11 +143,10 @@ def calvin(
         videos=videos,
         video_chains=parse_ids(video_chains) if video_chains else None,
         device=device,
-        backend=backend,
         renderer=renderer,
         dynamic_horizon=dynamic_horizon,
         resume=resume,
     )
-    summary = evaluate_calvin(config, progress=progress)
-    print_summary(summary)
+    summary = protocol(config).run(progress)
+    protocol.print_summary(summary)
     typer.echo(f"average length {summary['avg_len']:.2f} over {summary['chains']} chains; {out}/summary.json")

@@ -30,10 +30,9 @@ from vla.datasets import slots as slotlib
 from vla.datasets.spec import KeySpec
 from vla.datasets.store import Store
 from vla.errors import DataError, VlaError
+from vla.keys import IMAGE_PREFIX, STATE_KEY
 
 LANGUAGE_MODES = ("episode", "all", "annotations")
-STATE_KEY = "observation.state"
-IMAGE_PREFIX = "observation.images."
 
 
 class SamplerError(VlaError):

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vla.keys import ACTION_KEY, STATE_KEY, camera_key
+
 SCHEMA_VERSION = 1
 STORE_FORMAT = "vla-store"
 
@@ -32,6 +34,7 @@ DIM_KINDS: tuple[str, ...] = DimKind.__args__  # type: ignore[attr-defined]
 DIM_MODES: tuple[str, ...] = DimMode.__args__  # type: ignore[attr-defined]
 
 ImageOrientation = Literal["upright", "rotated_180"]
+ORIENTATIONS: tuple[str, ...] = ImageOrientation.__args__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ class CameraSpec:
 
     @property
     def key(self) -> str:
-        return f"observation.images.{self.name}"
+        return camera_key(self.name)
 
 
 @dataclass(frozen=True)
@@ -118,10 +121,10 @@ class StoreSpec:
     def keys(self) -> dict[str, KeySpec]:
         """Every per-frame array of the store with its per-frame shape."""
         out: dict[str, KeySpec] = {
-            "action": KeySpec("float32", (self.action_dim,), tuple(d.name for d in self.action)),
+            ACTION_KEY: KeySpec("float32", (self.action_dim,), tuple(d.name for d in self.action)),
         }
         if self.state:
-            out["observation.state"] = KeySpec("float32", (self.state_dim,), tuple(d.name for d in self.state))
+            out[STATE_KEY] = KeySpec("float32", (self.state_dim,), tuple(d.name for d in self.state))
         for cam in self.cameras:
             out[cam.key] = KeySpec("uint8", (cam.height, cam.width, cam.channels))
         out.update(self.extra_keys)
@@ -136,7 +139,7 @@ class StoreSpec:
         for d in (*self.action, *self.state):
             out.extend(d.problems())
         for cam in self.cameras:
-            if cam.orientation not in ("upright", "rotated_180"):
+            if cam.orientation not in ORIENTATIONS:
                 out.append(f"camera {cam.name!r}: unknown orientation {cam.orientation!r}")
         return out
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 from collections.abc import Iterable
@@ -411,11 +410,3 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, episodes={self.num_episodes}, frames={self.num_frames}, fps={self.fps})"
-
-
-def open_store(path: str | Path) -> Store:
-    return Store(path)
-
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

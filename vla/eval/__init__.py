@@ -1,6 +1,6 @@
 """Evaluation harnesses: runner (workers, resume, results), benchmark protocols, reports.
 
-Generic, benchmark-neutral pieces (CALVIN reuses them):
+Generic, benchmark-neutral pieces:
 - `episodes`: `EpisodeSpec` / `EpisodeResult`, the resume key (`episode_id`), `parse_ids`;
 - `planners`: the `Planner` interface (chunk + actions to execute per row), `PolicyPlanner`,
   `RandomPlanner`, `PlannerSpec` (picklable recipe for worker processes);
@@ -8,7 +8,8 @@ Generic, benchmark-neutral pieces (CALVIN reuses them):
 - `runner`: `run_episodes` (lock-step rounds, plans batched across workers, throughput counts);
 - `results`: the resumable `episodes.jsonl` log, `run.json` settings check, per-group rates;
 - `report`: rich table, Markdown report + PNG plot, MP4 videos (failures first);
-- `fit`: policy vs environment checks before the first episode.
-Protocols: `libero` (presets openpi / libero / mode, `evaluate_libero`); `calvin` (the reference's
-1000 chains of 5 subtasks as multi-stage episodes, `evaluate_calvin`).
+- `fit`: policy vs environment checks before the first episode;
+- `protocol`: the skeleton every benchmark fills in (policy, fit check, re-planning, the run, summary).
+Protocols (`protocols.PROTOCOLS`): `libero` (presets openpi / libero / mode, `evaluate_libero`);
+`calvin` (the reference's 1000 chains of 5 subtasks as multi-stage episodes, `evaluate_calvin`).
 """

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,14 +60,7 @@ class EpisodeResult:
     @property
     def stages_completed(self) -> int:
         """Consecutive successful stages from the first (1 or 0 for a single-stage episode)."""
-        if self.stages is None:
-            return int(self.success)
-        n = 0
-        for stage in self.stages:
-            if not stage["success"]:
-                break
-            n += 1
-        return n
+        return int(self.success) if self.stages is None else completed_stages(self.stages)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -79,6 +73,11 @@ class EpisodeResult:
     def from_json(cls, d: dict[str, Any]) -> EpisodeResult:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names}, meta={k: v for k, v in d.items() if k not in names})
+
+
+def completed_stages(stages: Sequence[Mapping[str, Any]]) -> int:
+    """Consecutive successful stages from the first (a result's or a logged record's `stages`)."""
+    return next((i for i, stage in enumerate(stages) if not stage.get("success")), len(stages))
 
 
 def derive_seed(seed: int, episode_id: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vla.datasets.spec import StoreSpec
+from vla.keys import STATE_KEY
 from vla.sim.base import SimError, fit_problems
 
 
@@ -13,7 +14,7 @@ def policy_fit_problems(env_spec: StoreSpec, config: Any, data_spec: StoreSpec |
     checkpoint carries one: then dimension meanings, control rate and image orientation are checked too)."""
     from vla.errors import PolicyError
 
-    keys = [*config.camera_keys, *(["observation.state"] if config.state_dim is not None else [])]
+    keys = [*config.camera_keys, *([STATE_KEY] if config.state_dim is not None else [])]
     problems = fit_problems(env_spec, data_spec, keys=keys) if data_spec is not None else []
     try:
         config.check_features(env_spec.keys())

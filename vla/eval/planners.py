@@ -22,7 +22,6 @@ import numpy as np
 
 from vla.errors import VlaError
 from vla.eval.episodes import EvalError
-from vla.policies.pretrained import load_data_spec  # noqa: F401  (protocols import it from here until they move)
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The generic evaluation loop: episodes spread over workers, one batched planner, throughput counts.
 
-Benchmark-neutral: a protocol (vla.eval.libero, later CALVIN) supplies the episode list, a picklable
-env factory and the planner; results go to a callback as each episode finishes (the results log
-writes them at once, so a killed run loses only unfinished episodes).
+Benchmark-neutral: a protocol (vla.eval.protocol, filled in by vla.eval.protocols.*) supplies the
+episode list, a picklable env factory and the planner; results go to a callback as each episode
+finishes (the results log writes them at once, so a killed run loses only unfinished episodes).
 
 Lock-step scheduling: every busy worker answers once per round (a plan request or a finished
 episode); the plan requests of a round are stacked into one planner call, and a worker whose
@@ -25,6 +25,7 @@ from vla.eval.planners import Planner, PlannerSpec
 from vla.eval.worker import LocalWorker, ProcessWorker, Reply, SlotConfig, batch_of
 
 OnResult = Callable[[EpisodeResult, np.ndarray | None, "RunStats"], None]
+Worker = LocalWorker | ProcessWorker
 
 
 @dataclass
@@ -87,69 +88,103 @@ def run_episodes(
     if workers < 1:
         raise EvalError(f"workers must be >= 1, got {workers}")
     stats = RunStats()
-    queue = deque(episodes)
-    if not queue:
+    if not episodes:
         return stats
-    n = min(workers, len(queue))
-    use_processes = n > 1 if processes is None else processes
-    worker_planner = planner_spec if policy_in_workers else None
+    n = min(workers, len(episodes))
     central = None if policy_in_workers else (planner or planner_spec.build())
-    want = record or (lambda spec: False)
     t0 = time.perf_counter()
-    pool: list[LocalWorker | ProcessWorker] = []
+    pool: list[Worker] = []
     finished = False
     try:
-        for i in range(n):
-            pool.append(
-                ProcessWorker(slot_config, worker_planner, name=f"vla-eval-{i}")
-                if use_processes
-                else LocalWorker(slot_config, worker_planner)
-            )
-        active: dict[int, EpisodeSpec] = {}
-
-        def start_next(i: int) -> None:
-            if queue:
-                spec = queue.popleft()
-                pool[i].send(("start", spec, want(spec)))
-                active[i] = spec
-            else:
-                active.pop(i, None)
-
-        for i in range(n):
-            start_next(i)
-        while active:
-            replies: dict[int, Reply] = {i: pool[i].recv() for i in list(active)}
-            if not stats.startup_s:
-                stats.startup_s = time.perf_counter() - t0
-            planning: list[int] = []
-            for i, reply in replies.items():
-                if reply.kind == "fatal":
-                    raise EvalError(f"evaluation worker {i} failed:\n{reply.error}")
-                if reply.kind == "plan":
-                    planning.append(i)
-                    continue
-                result = reply.result
-                assert result is not None
-                stats.episodes += 1
-                stats.successes += int(result.success)
-                stats.env_steps += result.steps
-                stats.episode_wall_s += result.wall_s
-                stats.plans += result.policy_calls
-                if central is None:  # each worker planned its own episode one row at a time
-                    stats.policy_calls += result.policy_calls
-                stats.wall_s = time.perf_counter() - t0
-                if on_result is not None:
-                    on_result(result, reply.states, stats)
-                start_next(i)
-            if planning:
-                assert central is not None
-                plan = central.plan(batch_of([replies[i] for i in planning], [active[i] for i in planning]))
-                stats.policy_calls += 1
-                for row, i in enumerate(planning):
-                    pool[i].send(("act", plan.actions[row], int(plan.n_exec[row])))
+        _start_workers(pool, n, slot_config, planner_spec if policy_in_workers else None, processes)
+        rounds = _Rounds(pool, episodes, central, stats, t0, on_result, record or (lambda spec: False))
+        rounds.run()
         finished = True
     finally:
         for w in pool:
             w.close(force=not finished)
     stats.wall_s = time.perf_counter() - t0
     return stats
+
+
+def _start_workers(
+    pool: list[Worker], n: int, slot_config: SlotConfig, planner_spec: PlannerSpec | None, processes: bool | None
+) -> None:
+    """Fill `pool` with `n` workers (appended one by one, so those already up are closed if one fails)."""
+    use_processes = n > 1 if processes is None else processes
+    for i in range(n):
+        worker = (
+            ProcessWorker(slot_config, planner_spec, name=f"vla-eval-{i}")
+            if use_processes
+            else LocalWorker(slot_config, planner_spec)
+        )
+        pool.append(worker)
+
+
+class _Rounds:
+    """The lock-step loop (see the module docstring): each busy worker answers once per round."""
+
+    def __init__(
+        self,
+        pool: list[Worker],
+        episodes: Sequence[EpisodeSpec],
+        central: Planner | None,
+        stats: RunStats,
+        t0: float,
+        on_result: OnResult | None,
+        record: Callable[[EpisodeSpec], bool],
+    ):
+        self.pool, self.queue, self.central = pool, deque(episodes), central
+        self.stats, self.t0, self.on_result, self.record = stats, t0, on_result, record
+        self.active: dict[int, EpisodeSpec] = {}  # worker index -> its episode
+
+    def run(self) -> None:
+        for i in range(len(self.pool)):
+            self._start_next(i)
+        while self.active:
+            replies: dict[int, Reply] = {i: self.pool[i].recv() for i in list(self.active)}
+            if not self.stats.startup_s:
+                self.stats.startup_s = time.perf_counter() - self.t0
+            planning = [i for i, reply in replies.items() if self._answered(i, reply)]
+            if planning:
+                self._plan(planning, replies)
+
+    def _start_next(self, i: int) -> None:
+        if self.queue:
+            spec = self.queue.popleft()
+            self.pool[i].send(("start", spec, self.record(spec)))
+            self.active[i] = spec
+        else:
+            self.active.pop(i, None)
+
+    def _answered(self, i: int, reply: Reply) -> bool:
+        """Handle worker i's reply; True when it asks for a plan."""
+        if reply.kind == "fatal":
+            raise EvalError(f"evaluation worker {i} failed:\n{reply.error}")
+        if reply.kind == "plan":
+            return True
+        assert reply.result is not None
+        self._count(reply.result)
+        if self.on_result is not None:
+            self.on_result(reply.result, reply.states, self.stats)
+        self._start_next(i)
+        return False
+
+    def _count(self, result: EpisodeResult) -> None:
+        stats = self.stats
+        stats.episodes += 1
+        stats.successes += int(result.success)
+        stats.env_steps += result.steps
+        stats.episode_wall_s += result.wall_s
+        stats.plans += result.policy_calls
+        if self.central is None:  # each worker planned its own episode one row at a time
+            stats.policy_calls += result.policy_calls
+        stats.wall_s = time.perf_counter() - self.t0
+
+    def _plan(self, planning: list[int], replies: dict[int, Reply]) -> None:
+        """One planner call for every worker waiting on a plan this round."""
+        assert self.central is not None
+        plan = self.central.plan(batch_of([replies[i] for i in planning], [self.active[i] for i in planning]))
+        self.stats.policy_calls += 1
+        for row, i in enumerate(planning):
+            self.pool[i].send(("act", plan.actions[row], int(plan.n_exec[row])))

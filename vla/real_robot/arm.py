@@ -14,7 +14,6 @@ import yaml
 from vla.errors import VlaError
 
 ARMS_DIR = Path(__file__).parent / "arms"
-DRIVERS = ("feetech", "dynamixel", "franka")
 
 
 class ArmFileError(VlaError):
@@ -82,8 +81,6 @@ class ArmSpec:
 
     def problems(self) -> list[str]:
         out = [p for j in self.joints for p in j.problems()]
-        if self.driver not in DRIVERS:
-            out.append(f"unknown driver {self.driver!r} (known: {', '.join(DRIVERS)})")
         if not self.joints:
             out.append("the arm has no joints")
         if self.rate_hz <= 0:

@@ -19,9 +19,9 @@ import numpy as np
 
 from vla.datasets.spec import KeySpec, StoreSpec
 from vla.errors import VlaError
+from vla.keys import ACTION_KEY, STATE_KEY
 
 Obs = dict[str, np.ndarray]
-ACTION_KEY = "action"
 
 
 class SimError(VlaError):
@@ -95,7 +95,7 @@ def fit_problems(env: StoreSpec, policy: StoreSpec, keys: Iterable[str] | None =
     out: list[str] = []
     if env.fps != policy.fps:
         out.append(f"control rate: policy data is {policy.fps:g} Hz, the environment runs at {env.fps:g} Hz")
-    out += _dim_problems("action", env.action, policy.action)
+    out += _dim_problems(ACTION_KEY, env.action, policy.action)
     env_keys, pol_keys = obs_keys(env), obs_keys(policy)
     wanted = list(pol_keys) if keys is None else list(keys)
     env_cams = {c.key: c for c in env.cameras}
@@ -116,8 +116,8 @@ def fit_problems(env: StoreSpec, policy: StoreSpec, keys: Iterable[str] | None =
                 f"{key}: policy was trained on {pol_cams[key].orientation} frames, the environment delivers "
                 f"{env_cams[key].orientation} (set the environment's image orientation to match)"
             )
-        if key == "observation.state":
-            out += _dim_problems("observation.state", env.state, policy.state)
+        if key == STATE_KEY:
+            out += _dim_problems(STATE_KEY, env.state, policy.state)
     return out
 
 

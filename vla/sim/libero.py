@@ -5,15 +5,10 @@ the off-screen renderer off when no camera is asked for, which is ~10x faster) a
 suites and fixed initial states. Per episode: reset, set initial state `k` of the task's 50, run
 `settle_steps` of `settle_action` (not counted), then the policy's steps.
 
-Observations follow `vla.datasets.convert.libero` (a policy trained on a converted store runs here
-unchanged):
-- `observation.state` float32 (8): eef pos (3) + axis-angle of the eef quaternion (3) + gripper qpos (2)
-- `observation.joint_state` float64 (7), `observation.gripper_state` float64 (2)
-- `observation.images.agentview` / `.eye_in_hand` uint8 (H, W, 3). LIBERO renders upside down
-  (robosuite's "opengl" convention); `image_orientation="upright"` (the store's convention) rotates
-  frames 180 degrees, `"rotated_180"` passes the raw render through. The spec says which.
-Actions: 7-D OSC_POSE deltas in [-1, 1] (1 = 0.05 m / 0.5 rad per step, world frame) + gripper
-(-1 open, +1 close), at 20 Hz.
+Observations and actions follow LIBERO's conventions (`vla.datasets.conventions.libero`, shared with
+the converter), so a policy trained on a converted store runs here unchanged. LIBERO renders upside
+down (robosuite's "opengl" convention); `image_orientation="upright"` (the store's convention) rotates
+frames 180 degrees, `"rotated_180"` passes the raw render through. The spec says which.
 
 Rendering is headless: MUJOCO_GL=egl, else osmesa, chosen by a probe in a child process before
 MuJoCo is first imported (the backend cannot change afterwards).
@@ -35,19 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from vla.datasets.convert.libero import ACTION_PRESET, EMBODIMENT, FPS, ROBOT_TYPE, STATE_DIMS
-from vla.datasets.declare import preset
-from vla.datasets.spec import CameraSpec, KeySpec, SourceInfo, StoreSpec
+from vla.datasets.conventions.libero import ACTION_DIM, CAMERAS, GRIPPER_STATE_KEY, JOINT_STATE_KEY, libero_spec
+from vla.datasets.spec import ORIENTATIONS, StoreSpec
+from vla.keys import STATE_KEY, camera_key
 from vla.sim.base import Obs, SimEnv, SimError, StepResult
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 # Step budgets per suite as openpi evaluates (the most common protocol in recent papers).
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
-# Store camera name -> LIBERO camera name (the converter names cameras after the HDF5's obs keys).
-CAMERAS = {"agentview": "agentview", "eye_in_hand": "robot0_eye_in_hand"}
-ORIENTATIONS = ("upright", "rotated_180")
 SETTLE_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # hold still, gripper open
-ACTION_DIM = 7
 GL_BACKENDS = ("egl", "osmesa")
 _GL_CHECKED = "VLA_GL_CHECKED"  # set once a backend rendered, so child processes skip the probe
 
@@ -167,26 +158,6 @@ def quat_to_axis_angle(quat_xyzw: np.ndarray) -> np.ndarray:
     if den < 1e-12:
         return np.zeros(3)
     return np.asarray(quat_xyzw[:3], np.float64) * 2.0 * np.arccos(w) / den
-
-
-def libero_spec(
-    cameras: tuple[str, ...], image_hw: tuple[int, int], orientation: str, details: dict[str, Any] | None = None
-) -> StoreSpec:
-    """What a `LiberoEnv` observes, described as converted LIBERO stores describe themselves."""
-    h, w = image_hw
-    return StoreSpec(
-        fps=FPS,
-        embodiment=EMBODIMENT,
-        robot_type=ROBOT_TYPE,
-        action=preset(ACTION_PRESET),
-        state=STATE_DIMS,
-        cameras=tuple(CameraSpec(c, h, w, 3, orientation, "rotated_180") for c in cameras),
-        extra_keys={
-            "observation.joint_state": KeySpec("float64", (7,), tuple(f"joint_{i}" for i in range(7))),
-            "observation.gripper_state": KeySpec("float64", (2,), ("finger_left", "finger_right")),
-        },
-        source=SourceInfo(format="sim", path="libero", details=details or {}),
-    )
 
 
 class LiberoEnv(SimEnv):
@@ -339,12 +310,12 @@ class LiberoEnv(SimEnv):
         grip = np.array(raw["robot0_gripper_qpos"], np.float64)
         state = np.concatenate([raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]), grip])
         obs: Obs = {
-            "observation.state": state.astype(np.float32),
-            "observation.joint_state": np.array(raw["robot0_joint_pos"], np.float64),
-            "observation.gripper_state": grip,
+            STATE_KEY: state.astype(np.float32),
+            JOINT_STATE_KEY: np.array(raw["robot0_joint_pos"], np.float64),
+            GRIPPER_STATE_KEY: grip,
         }
         for cam in self.cameras:
-            obs[f"observation.images.{cam}"] = self.frame(raw[f"{CAMERAS[cam]}_image"])
+            obs[camera_key(cam)] = self.frame(raw[f"{CAMERAS[cam]}_image"])
         return obs
 
     def raw_frame(self, raw: np.ndarray) -> np.ndarray:

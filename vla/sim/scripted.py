@@ -24,13 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from vla import ids
-from vla.datasets.convert.libero import LIBERO_FILE_SUFFIX
-from vla.datasets.fixtures.libero_hdf5 import LiberoHdf5Writer
+from vla.datasets.conventions.libero import CAMERAS, TASK_FILE_SUFFIX
+from vla.datasets.libero_hdf5 import LiberoHdf5Writer
 from vla.sim.base import SimError
 from vla.sim.experts.libero_pick_place import PickPlaceExpert, pick_place_goal
-from vla.sim.libero import CAMERAS, LiberoEnv, get_task, quat_to_axis_angle
+from vla.sim.libero import LiberoEnv, get_task, quat_to_axis_angle
 
-DEMO_SUFFIX = LIBERO_FILE_SUFFIX  # `<task_name>_demo.hdf5`, as LIBERO names its task files
 EXPERT = "libero_pick_place/v1"
 
 
@@ -135,7 +134,7 @@ def collect_task(
             raise SimError(f"init-state ids {bad} out of range 0..{env.num_init_states - 1} for {task.name}")
         expert = PickPlaceExpert(env, rng=np.random.default_rng([seed, task_id]))
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{task.name}{DEMO_SUFFIX}"
+        path = out_dir / f"{task.name}{TASK_FILE_SUFFIX}"
         partial = path.with_name(path.name + ".partial")  # a killed run never leaves a complete-looking file
         t0 = time.perf_counter()
         with _writer(env, partial, image_size if images else None) as writer:

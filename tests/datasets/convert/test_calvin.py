@@ -14,12 +14,13 @@ import yaml
 from typer.testing import CliRunner
 
 from vla.cli import app
-from vla.datasets.convert import convert
-from vla.datasets.convert.calvin import ROBOT_OBS_DIMS, SCENE_OBS_NAMES, CalvinConverter
+from vla.datasets.conventions.calvin import ROBOT_OBS_DIMS, SCENE_OBS_NAMES
+from vla.datasets.convert.base import convert
+from vla.datasets.convert.calvin import CalvinConverter
 from vla.datasets.declare import Declaration, preset
-from vla.datasets.fixtures.calvin import LANG_FILE, frame_path, relative_action, write_calvin_split
 from vla.datasets.store import Store
 from vla.errors import DataError
+from vla.testing.calvin_data import LANG_FILE, frame_path, relative_action, write_calvin_split
 
 # Inclusive (first, last) ids with gaps, deliberately unsorted (CALVIN's split script permutes them).
 SEGMENTS = [(30, 41), (5, 16), (50, 62)]

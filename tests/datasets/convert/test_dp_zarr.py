@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import zarr
 
-from vla.datasets.convert import convert
+from vla.datasets.convert.base import convert
 from vla.datasets.declare import Declaration, preset
-from vla.datasets.fixtures.dp_zarr import DpZarrWriter, synthetic_pusht_episode, write_pusht_zarr
 from vla.datasets.spec import DimSpec
 from vla.datasets.store import Store
 from vla.datasets.validate import validate_store
 from vla.errors import DataError
+from vla.testing.dp_zarr import DpZarrWriter, synthetic_pusht_episode, write_pusht_zarr
 
 LENGTHS = [4, 7, 5]
 

@@ -15,13 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from vla.cli import app
-from vla.datasets.convert import convert
+from vla.datasets.convert.base import convert
 from vla.datasets.convert.lerobot import LeRobotConverter
 from vla.datasets.declare import Declaration, preset
-from vla.datasets.fixtures.lerobot import DEFAULT_TASKS, fixture_image, fixture_lowdim, write_lerobot_dataset
 from vla.datasets.store import Store
 from vla.datasets.validate import validate_store
 from vla.errors import DataError
+from vla.testing.lerobot import DEFAULT_TASKS, fixture_image, fixture_lowdim, write_lerobot_dataset
 
 LENGTHS = [14, 20, 12]
 SIZE = (24, 40)  # not square: a transposed frame would not even have the right shape

@@ -10,13 +10,15 @@ import h5py
 import numpy as np
 import pytest
 
-from vla.datasets.convert import convert
-from vla.datasets.convert.libero import STATE_DIMS, language_from_filename
+from vla.datasets.conventions.libero import STATE_DIMS
+from vla.datasets.convert.base import convert
+from vla.datasets.convert.libero import language_from_filename
 from vla.datasets.declare import Declaration, preset
-from vla.datasets.fixtures.libero_hdf5 import quat_to_axis_angle, write_libero_hdf5
+from vla.datasets.libero_hdf5 import quat_to_axis_angle
 from vla.datasets.store import Store
 from vla.datasets.validate import validate_store
 from vla.errors import DataError
+from vla.testing.libero_hdf5 import write_libero_hdf5
 
 CAMS = ("agentview", "eye_in_hand")
 SIZE = (12, 16)  # not square: a transposed image would not even have the right shape

@@ -234,7 +234,7 @@ def test_wrong_inputs_fail_clearly():
 
 
 def test_hf_vlm_backbone_plugs_in(tmp_path):
-    from vla.policies.modules.vlm_testing import build_tiny_paligemma
+    from vla.testing.vlm import build_tiny_paligemma
 
     cfg = slot_config(backbone="hf_vlm", backbone_path=str(build_tiny_paligemma(tmp_path / "vlm")))
     policy = make_policy(cfg)

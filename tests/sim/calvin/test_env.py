@@ -9,16 +9,17 @@ import sys
 import numpy as np
 import pytest
 
+from vla.datasets.conventions.calvin import SCENE_KEY, env_action, store_observation
 from vla.datasets.convert.calvin import CalvinConverter
 from vla.datasets.declare import Declaration
-from vla.datasets.fixtures.calvin import write_calvin_split
+from vla.keys import STATE_KEY
 from vla.sim.base import SimError, fit_problems
-from vla.sim.calvin.conventions import SCENE_KEY, STATE_KEY, env_action, store_observation
 from vla.sim.calvin.env import CalvinEnv, SimulatorFactory
-from vla.sim.calvin.fake import FakeBackendFactory, FakeCalvinBackend, scripted_action
 from vla.sim.calvin.instructions import instruction, instructions
 from vla.sim.calvin.scene import reset_arrays
 from vla.sim.calvin.tasks import CATEGORIES, SUBTASKS, initial_states, next_states
+from vla.testing.calvin_data import write_calvin_split
+from vla.testing.calvin_fake import FakeBackendFactory, FakeCalvinBackend, scripted_action
 
 SIZES = {"static": 32, "gripper": 16}
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from vla.sim.base import SimError
-from vla.sim.calvin.fake import contact, quat_from_euler
 from vla.sim.calvin.oracle import achieved, relative_euler_xyz, subtask_done
 from vla.sim.calvin.tasks import BLOCKS, SUBTASKS
+from vla.testing.calvin_fake import contact, quat_from_euler
 
 ROBOT, TABLE = 1, 2
 UID = {"red": 3, "blue": 4, "pink": 5}

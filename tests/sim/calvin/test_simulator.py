@@ -323,9 +323,9 @@ def test_tiny_renderer_builds_without_egl() -> None:
 
 # ---- end to end: scripted actions in the real simulator, judged by our oracle ----
 def test_scripted_move_slider_left_through_calvin_env(sim) -> None:
+    from vla.keys import STATE_KEY
     from vla.sim.calvin import oracle
     from vla.sim.calvin.chains import Chain
-    from vla.sim.calvin.conventions import STATE_KEY
     from vla.sim.calvin.env import CalvinEnv
 
     state = {"led": 0, "lightbulb": 0, "slider": "right", "drawer": "closed"}

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from tqdm import tqdm
 
+from vla.datasets.convert import CONVERTERS
 from vla.datasets.declare import Declaration
 from vla.datasets.spec import StoreSpec
 from vla.datasets.store import Episode, Store, StoreWriter
@@ -35,23 +36,7 @@ class Converter(Protocol):
     def fingerprint(self) -> str: ...
 
 
-ConverterFactory = Callable[[Path, Declaration], Converter]
-CONVERTERS: dict[str, str] = {
-    # name -> "module:factory"; imported lazily so `vla --help` does not load lerobot or h5py.
-    "lerobot": "vla.datasets.convert.lerobot:LeRobotConverter",
-    "libero": "vla.datasets.convert.libero:LiberoConverter",
-    "calvin": "vla.datasets.convert.calvin:CalvinConverter",
-    "dp-zarr": "vla.datasets.convert.dp_zarr:DiffusionPolicyZarrConverter",
-}
-
-
-def get_converter(name: str) -> ConverterFactory:
-    if name not in CONVERTERS:
-        raise ValueError(f"unknown source format {name!r}; choose one of {', '.join(CONVERTERS)}")
-    module, attr = CONVERTERS[name].split(":")
-    import importlib
-
-    return getattr(importlib.import_module(module), attr)
+ConverterFactory = Callable[[Path, Declaration], Converter]  # what CONVERTERS (vla.datasets.convert) names
 
 
 def files_fingerprint(paths: list[Path]) -> str:
@@ -91,7 +76,8 @@ def convert(
     src = Path(src).resolve()  # one spelling of the path, so a re-run with another one still resumes
     if not src.exists():
         raise DataError(src, None, "source does not exist")
-    converter = get_converter(fmt)(src, declaration or Declaration())
+    make: ConverterFactory = CONVERTERS.load(fmt)
+    converter = make(src, declaration or Declaration())
     spec = converter.spec()
     writer = StoreWriter(dst, spec, source_fingerprint=converter.fingerprint(), resume=resume, overwrite=overwrite)
     skipped = writer.done_episodes

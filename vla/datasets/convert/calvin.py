@@ -42,12 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from vla.datasets.convert.base import files_fingerprint
-from vla.datasets.declare import Declaration, preset
-from vla.datasets.spec import KeySpec, SourceInfo, StoreSpec
-from vla.datasets.store import Episode
-from vla.errors import DataError
-from vla.sim.calvin.conventions import (
+from vla.datasets.conventions.calvin import (
     ABS_PRESET,
     CAMERAS,
     EMBODIMENT,
@@ -56,11 +51,15 @@ from vla.sim.calvin.conventions import (
     REL_PRESET,
     ROBOT_OBS_DIMS,
     ROBOT_TYPE,
-    SCENE_OBS_NAMES,
     calvin_spec,
     camera_key,
     lowdim_targets,
 )
+from vla.datasets.convert.base import files_fingerprint
+from vla.datasets.declare import Declaration, preset
+from vla.datasets.spec import ORIENTATIONS, KeySpec, SourceInfo, StoreSpec
+from vla.datasets.store import Episode
+from vla.errors import DataError
 
 TRAINING = "training"
 IDS_FILE = "ep_start_end_ids.npy"
@@ -68,27 +67,7 @@ LANG_FILE = Path("lang_annotations") / "auto_lang_ann.npy"
 SCENE_FILE = "scene_info.npy"
 STATS_FILE = "statistics.yaml"
 NOT_CONVERTED = ("depth_static", "depth_gripper", "rgb_tactile", "depth_tactile")
-ORIENTATIONS = ("upright", "rotated_180")
 UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
-# The key/dtype/name conventions (FPS, CAMERAS, ROBOT_OBS_DIMS, ...) live in vla.sim.calvin.conventions,
-# shared with the simulator environment; they are re-exported here for existing importers.
-__all__ = [
-    "ABS_PRESET",
-    "CAMERAS",
-    "EMBODIMENT",
-    "FPS",
-    "LOWDIM_WIDTH",
-    "REL_PRESET",
-    "ROBOT_OBS_DIMS",
-    "ROBOT_TYPE",
-    "SCENE_OBS_NAMES",
-    "CalvinConverter",
-    "find_split",
-    "frame_path",
-    "read_language",
-    "read_scene_info",
-    "read_segments",
-]
 
 
 def frame_path(split: Path, frame_id: int) -> Path:

@@ -31,14 +31,13 @@ from zarr.storage import ZipStore
 
 from vla.datasets.convert.base import files_fingerprint
 from vla.datasets.declare import Declaration
-from vla.datasets.spec import CameraSpec, DimSpec, KeySpec, SourceInfo, StoreSpec
+from vla.datasets.spec import ORIENTATIONS, CameraSpec, DimSpec, KeySpec, SourceInfo, StoreSpec
 from vla.datasets.store import INDEX_KEYS, Episode
 from vla.errors import DataError
+from vla.keys import ACTION_KEY, IMAGE_PREFIX, STATE_KEY
 
-IMAGE_PREFIX = "observation.images."
 STATE_KEYS = ("state", "agent_pos")  # Diffusion Policy's names for the robot state, in preference order
 KNOWN_FORMATS = (2, 3)
-ORIENTATIONS = ("upright", "rotated_180")
 
 
 # --- opening -----------------------------------------------------------------------------------
@@ -113,10 +112,10 @@ def default_mapping(arrays: dict[str, zarr.Array]) -> dict[str, str]:
     state = next((k for k in STATE_KEYS if k in arrays), None)
     out = {}
     for name, arr in arrays.items():
-        if name == "action":
-            out[name] = "action"
+        if name == ACTION_KEY:
+            out[name] = ACTION_KEY
         elif name == state:
-            out[name] = "observation.state"
+            out[name] = STATE_KEY
         elif _is_image(arr):
             out[name] = IMAGE_PREFIX + name
         else:
@@ -141,20 +140,20 @@ def _check_mapping(src: Path, mapping: dict[str, str], arrays: dict[str, zarr.Ar
         if target in seen:
             raise DataError(src, where, f"maps to {target!r}, as does data/{seen[target]}")
         seen[target] = name
-        if target in INDEX_KEYS or not (target == "action" or target.startswith("observation.")):
+        if target in INDEX_KEYS or not (target == ACTION_KEY or target.startswith("observation.")):
             raise DataError(
                 src,
                 where,
                 f"cannot map to {target!r}: use action, observation.state, "
                 "observation.images.<camera> or observation.<name>",
             )
-        if target in ("action", "observation.state") and (arr.ndim != 2 or np.dtype(arr.dtype).kind not in "iuf"):
+        if target in (ACTION_KEY, STATE_KEY) and (arr.ndim != 2 or np.dtype(arr.dtype).kind not in "iuf"):
             raise DataError(src, where, f"{target} needs a numeric (N, D) array, got {arr.dtype} {arr.shape}")
         if target.startswith(IMAGE_PREFIX) and not _is_image(arr):
             raise DataError(src, where, f"images must be (N, H, W, 3) uint8 or float, got {arr.dtype} {arr.shape}")
         if np.dtype(arr.dtype).kind not in "iufb":
             raise DataError(src, where, f"unsupported dtype {arr.dtype}")
-    if "action" not in seen:
+    if ACTION_KEY not in seen:
         raise DataError(src, "data/action", "no action array; name one with --key SOURCE_KEY=action")
 
 
@@ -215,8 +214,8 @@ class DiffusionPolicyZarrConverter:
         return next((n for n, t in self.mapping.items() if t == target), None)
 
     def spec(self) -> StoreSpec:
-        action_src, state_src = self._source_of("action"), self._source_of("observation.state")
-        action = _dims(self.decl.action, action_src, self.arrays[action_src].shape[1], self.src, "action")
+        action_src, state_src = self._source_of(ACTION_KEY), self._source_of(STATE_KEY)
+        action = _dims(self.decl.action, action_src, self.arrays[action_src].shape[1], self.src, ACTION_KEY)
         state = (
             _dims(self.decl.state, state_src, self.arrays[state_src].shape[1], self.src, "state") if state_src else ()
         )
@@ -234,7 +233,7 @@ class DiffusionPolicyZarrConverter:
         extra = {
             t: KeySpec(str(self.arrays[n].dtype), tuple(self.arrays[n].shape[1:]))
             for n, t in self.mapping.items()
-            if t not in ("action", "observation.state") and not t.startswith(IMAGE_PREFIX)
+            if t not in (ACTION_KEY, STATE_KEY) and not t.startswith(IMAGE_PREFIX)
         }
         undeclared = "not declared: recorded as 'other' dimensions (pass --action-space or --declare)"
         details = {

@@ -38,16 +38,15 @@ import numpy as np
 
 from vla.datasets.convert.base import files_fingerprint
 from vla.datasets.declare import Declaration, infer_dims
-from vla.datasets.spec import CameraSpec, DimSpec, KeySpec, SourceInfo, StoreSpec
+from vla.datasets.spec import ORIENTATIONS, CameraSpec, DimSpec, KeySpec, SourceInfo, StoreSpec
 from vla.datasets.store import INDEX_KEYS, Episode
 from vla.errors import DataError
+from vla.keys import ACTION_KEY, IMAGE_PREFIX, STATE_KEY
 
 INFO_PATH = Path("meta/info.json")
 SUPPORTED_MAJOR = "v3."
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 CAMERA_DTYPES = ("video", "image")
-IMAGE_PREFIX = "observation.images."
-ORIENTATIONS = ("upright", "rotated_180")
 NUMERIC_KINDS = "biuf"  # numpy kinds kept as extra keys: bool, signed, unsigned, float
 
 
@@ -220,7 +219,7 @@ class LeRobotConverter:
                 raise DataError(self.info_path, where, f"cannot map to {target!r}: the store keeps it itself")
             if not self._map_one(key, target, where):
                 del self.mapping[key]
-        if "action" not in seen:
+        if ACTION_KEY not in seen:
             raise DataError(self.info_path, "features.action", "required feature is missing (name one with --key)")
 
     def _map_one(self, key: str, target: str, where: str) -> bool:
@@ -242,7 +241,7 @@ class LeRobotConverter:
         dtype = _numeric_dtype(ft.get("dtype"))
         if dtype is None:
             raise DataError(self.info_path, where, f"dtype {ft.get('dtype')!r} is not numeric")
-        if target in ("action", "observation.state"):
+        if target in (ACTION_KEY, STATE_KEY):
             if len(shape) != 1 or dtype.kind not in "iuf":
                 raise DataError(self.info_path, where, f"{target} must be a numeric vector, got {dtype} {list(shape)}")
         else:
@@ -338,8 +337,8 @@ class LeRobotConverter:
             fps=float(self.decl.fps or self.info["fps"]),
             embodiment=self.decl.embodiment or robot_type or "unknown",
             robot_type=robot_type,
-            action=self._dims("action", self.decl.action),
-            state=self._dims("observation.state", self.decl.state),
+            action=self._dims(ACTION_KEY, self.decl.action),
+            state=self._dims(STATE_KEY, self.decl.state),
             cameras=cameras,
             extra_keys=dict(self.extra),
             source=SourceInfo(

@@ -29,28 +29,28 @@ from typing import Any
 import h5py
 import numpy as np
 
+from vla.datasets.conventions.libero import (
+    ACTION_PRESET,
+    EMBODIMENT,
+    FPS,
+    GRIPPER_STATE_KEY,
+    JOINT_STATE_KEY,
+    ROBOT_TYPE,
+    STATE_DIMS,
+    TASK_FILE_SUFFIX,
+)
 from vla.datasets.convert.base import files_fingerprint
 from vla.datasets.declare import Declaration, preset
-from vla.datasets.spec import CameraSpec, DimSpec, KeySpec, SourceInfo, StoreSpec, dims
+from vla.datasets.spec import ORIENTATIONS, CameraSpec, KeySpec, SourceInfo, StoreSpec
 from vla.datasets.store import Episode
 from vla.errors import DataError
+from vla.keys import ACTION_KEY, STATE_KEY, camera_key
 
-FPS = 20.0  # LIBERO's control_freq
-EMBODIMENT = "libero_panda"
-ROBOT_TYPE = "panda"
-ACTION_PRESET = "eef_delta_axis_angle_gripper"
 HDF5_SUFFIXES = (".hdf5", ".h5")
 CAMERA_SUFFIX = "_rgb"
 DEMO_NAME = re.compile(r"demo_(\d+)")
-LIBERO_FILE_SUFFIX = "_demo.hdf5"
 # Low-dimensional obs arrays every demo needs, with their width (None: any width, same in all files).
 LOWDIM_OBS: dict[str, int | None] = {"ee_pos": 3, "ee_ori": 3, "gripper_states": 2, "joint_states": None}
-STATE_DIMS: tuple[DimSpec, ...] = (
-    *dims(("eef_pos_x", "eef_pos_y", "eef_pos_z"), "eef_pos", "absolute", frame="world", unit="m"),
-    *dims(("eef_rot_x", "eef_rot_y", "eef_rot_z"), "eef_rot_axis_angle", "absolute", frame="world", unit="rad"),
-    *dims(("gripper_finger_left", "gripper_finger_right"), "gripper", "absolute", unit="m"),
-)
-ORIENTATIONS = ("upright", "rotated_180")
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,9 @@ class TaskFile:
 def language_from_filename(name: str) -> str | None:
     """LIBERO's task language from a `<task>_demo.hdf5` name (its benchmark builds it the same way):
     drop a LIBERO-90 scene prefix such as `KITCHEN_SCENE10_`, then underscores become spaces."""
-    if not name.endswith(LIBERO_FILE_SUFFIX):
+    if not name.endswith(TASK_FILE_SUFFIX):
         return None
-    task = name[: -len(LIBERO_FILE_SUFFIX)]
+    task = name[: -len(TASK_FILE_SUFFIX)]
     if task[:1].isupper():
         task = re.sub(r"^.*?SCENE\d+_", "", task)
     return task.replace("_", " ").strip() or None
@@ -256,10 +256,10 @@ class LiberoConverter:
         ref = self.files[0]
         cameras = tuple(CameraSpec(c, h, w, 3, "upright", self.orientation[c]) for c, h, w in ref.cameras)
         extra = {
-            "observation.joint_state": KeySpec(
+            JOINT_STATE_KEY: KeySpec(
                 ref.lowdim_dtype, (ref.joint_dim,), tuple(f"joint_{i}" for i in range(ref.joint_dim))
             ),
-            "observation.gripper_state": KeySpec(ref.lowdim_dtype, (2,), ("finger_left", "finger_right")),
+            GRIPPER_STATE_KEY: KeySpec(ref.lowdim_dtype, (2,), ("finger_left", "finger_right")),
         }
         details = {
             "files": [tf.path.name for tf in self.files],
@@ -268,8 +268,8 @@ class LiberoConverter:
             "macros_image_convention": ref.image_convention,
             "state": "obs/ee_pos (3) + obs/ee_ori (3, axis-angle) + obs/gripper_states (2), as openpi",
             "extra_keys": {
-                "observation.joint_state": "obs/joint_states",
-                "observation.gripper_state": "obs/gripper_states",
+                JOINT_STATE_KEY: "obs/joint_states",
+                GRIPPER_STATE_KEY: "obs/gripper_states",
             },
             "not_converted": "states (flattened sim state), robot_states, rewards, dones, obs/ee_states",
         }
@@ -309,16 +309,16 @@ class LiberoConverter:
         obs = {k: _read(tf.path, grp["obs"], k, f"{where}/obs") for k in LOWDIM_OBS}
         state = np.concatenate([obs["ee_pos"], obs["ee_ori"], obs["gripper_states"]], axis=1)
         frames: dict[str, np.ndarray] = {
-            "action": actions.astype(np.float32),
-            "observation.state": state.astype(np.float32),
-            "observation.joint_state": obs["joint_states"],
-            "observation.gripper_state": obs["gripper_states"],
+            ACTION_KEY: actions.astype(np.float32),
+            STATE_KEY: state.astype(np.float32),
+            JOINT_STATE_KEY: obs["joint_states"],
+            GRIPPER_STATE_KEY: obs["gripper_states"],
         }
         for cam, _, _ in tf.cameras:
             images = _read(tf.path, grp["obs"], cam + CAMERA_SUFFIX, f"{where}/obs")
             if self.orientation[cam] == "rotated_180":  # upside down in the source: flip H and W
                 images = np.ascontiguousarray(images[:, ::-1, ::-1])
-            frames[f"observation.images.{cam}"] = images
+            frames[camera_key(cam)] = images
         return Episode(frames=frames, task=tf.language, source_id=f"{tf.path}:{where}")
 
 

@@ -19,7 +19,7 @@ instruction string. With `freeze` the weights get no gradient, the model stays i
 `.train()` and the forward pass runs without autograd; tokens are returned in float32 either way,
 so a float32 head can sit on a bfloat16 backbone.
 
-A tiny random checkpoint for tests and offline trials: `vla.policies.modules.vlm_testing`.
+A tiny random checkpoint for tests and offline trials: `vla.testing.vlm`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ log = logging.getLogger("vla.real_robot.franka")
 
 
 class FrankaArm(Robot):
-    def __init__(self, spec: ArmSpec, host: str | None = None):
+    def __init__(self, spec: ArmSpec, host: str | None = None, torque: bool = True):
+        # `torque` is the drivers' shared signature (a servo leader arm is moved by hand); a Franka always holds.
         super().__init__(spec)
         self.host = host or spec.port
         self.robot: Any = None

@@ -4,8 +4,8 @@
 stage is one subtask of the chain: `task_language` is its instruction, `step` reports whether the
 oracle saw that subtask happen since the stage began, and `next_stage()` moves on to the next
 subtask WITHOUT resetting the scene (the harness ends a chain at its first failure).
-Observations use the store vocabulary of converted CALVIN data (`conventions`), so a checkpoint
-trained on a CALVIN store runs here unchanged.
+Observations use the store vocabulary of converted CALVIN data (vla.datasets.conventions.calvin),
+so a checkpoint trained on a CALVIN store runs here unchanged.
 
 The backend comes from a picklable factory (worker processes build their own); the default builds
 the real PyBullet simulator, imported only then.
@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from vla.datasets.conventions.calvin import CAMERAS, IMAGE_SIZES, calvin_spec, env_action, store_observation
 from vla.datasets.spec import SourceInfo, StoreSpec
+from vla.keys import camera_key
 from vla.sim.base import Obs, SimEnv, SimError, StepResult
 from vla.sim.calvin.backend import CalvinBackend
 from vla.sim.calvin.chains import Chain, evaluation_chains
-from vla.sim.calvin.conventions import CAMERAS, IMAGE_SIZES, calvin_spec, env_action, store_observation
 from vla.sim.calvin.instructions import instruction
 from vla.sim.calvin.oracle import subtask_done
 from vla.sim.calvin.scene import reset_arrays
@@ -187,7 +188,7 @@ class CalvinEnv(SimEnv):
             raise SimError(f"the CALVIN backend's observation lacks {e}; it has {sorted(raw)}") from None
         if check:
             for cam in self.cameras:
-                shape = obs[f"observation.images.{cam}"].shape
+                shape = obs[camera_key(cam)].shape
                 want = (self.image_sizes[cam], self.image_sizes[cam], 3)
                 if shape != want:
                     raise SimError(f"CALVIN camera {cam!r}: the backend renders {shape}, expected {want}")

@@ -1,4 +1,5 @@
-"""CALVIN's observation and action conventions, shared by the dataset converter and `CalvinEnv`.
+"""CALVIN's observation and action conventions, shared by the dataset converter, `CalvinEnv` and the
+CALVIN evaluation protocol.
 
 One place decides which CALVIN array becomes which store key, with which dtype, names and camera
 names, so a policy trained on a converted CALVIN store runs in the simulator unchanged:
@@ -21,6 +22,8 @@ import numpy as np
 
 from vla.datasets.declare import preset
 from vla.datasets.spec import CameraSpec, DimSpec, KeySpec, SourceInfo, StoreSpec, dims
+from vla.keys import ACTION_KEY, STATE_KEY
+from vla.keys import camera_key as store_camera_key
 
 FPS = 30.0  # calvin_env's control_freq: one recorded frame per control step
 EMBODIMENT = "calvin_panda"
@@ -29,9 +32,7 @@ REL_PRESET, ABS_PRESET = "eef_rel_euler_gripper", "eef_abs_euler_gripper"
 # CALVIN image key (npz member, or `rgb_obs` entry of an env observation) -> store camera name.
 CAMERAS = {"rgb_static": "static", "rgb_gripper": "gripper"}
 IMAGE_SIZES = {"rgb_static": 200, "rgb_gripper": 84}  # calvin_env's default renders (square)
-STATE_KEY = "observation.state"
 SCENE_KEY = "observation.scene_obs"
-ACTION_KEY = "action"
 # CALVIN low-dimensional array -> per-frame width.
 LOWDIM_WIDTH = {"actions": 7, "rel_actions": 7, "robot_obs": 15, "scene_obs": 24}
 STATE_DTYPE = np.float32
@@ -58,7 +59,7 @@ SCENE_OBS_NAMES: tuple[str, ...] = (
 
 def camera_key(calvin_key: str) -> str:
     """`rgb_static` -> `observation.images.static`."""
-    return f"observation.images.{CAMERAS[calvin_key]}"
+    return store_camera_key(CAMERAS[calvin_key])
 
 
 def lowdim_targets(action_source: str = "rel_actions") -> dict[str, str]:

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from vla.datasets.conventions.calvin import SCENE_KEY
 from vla.eval.planners import Plan
-from vla.sim.calvin.conventions import SCENE_KEY, STATE_KEY
+from vla.keys import STATE_KEY, TASK_KEY
 from vla.sim.calvin.instructions import instructions
 from vla.sim.calvin.tasks import BLOCKS
 
@@ -275,6 +276,11 @@ class FakeBackendFactory:
     def __call__(self) -> FakeCalvinBackend:
         return FakeCalvinBackend(self.static_size, self.gripper_size)
 
+    @property
+    def image_sizes(self) -> dict[str, int]:
+        """Camera -> the square size it renders (what the CALVIN protocol asks a given backend)."""
+        return {"static": self.static_size, "gripper": self.gripper_size}
+
     def describe(self) -> dict[str, Any]:
         return {"backend": "fake", "static_size": self.static_size, "gripper_size": self.gripper_size}
 
@@ -347,7 +353,7 @@ class ScriptedPlanner:
     def plan(self, batch: Mapping[str, Any]) -> Plan:
         rows: Sequence[np.ndarray] = [
             scripted_action(self.by_language.get(text, ""), batch[STATE_KEY][i, -1], batch[SCENE_KEY][i, -1])
-            for i, text in enumerate(batch["task"])
+            for i, text in enumerate(batch[TASK_KEY])
         ]
         return Plan(np.stack(rows)[:, None, :], np.ones(len(rows), np.int64))
 
