@@ -45,24 +45,24 @@ class RampPlanner:
         return [self.expected(obs[STATE]) for obs, _ in items]
 
 
-def tiny_mode_checkpoint(directory: Path, dof: int = 6, camera_keys: tuple[str, ...] = ()) -> Path:
+def tiny_mode_checkpoint(directory: Path, dof: int = 6, camera_keys: tuple[str, ...] = (), **overrides: Any) -> Path:
     from vla.policies.mode import MoDEConfig, MoDEPolicy
 
-    config = MoDEConfig.from_preset(
-        "cpu",
-        camera_keys=camera_keys,
-        state_dim=dof,
-        action_dim=dof,
-        chunk_size=6,
-        n_action_steps=6,
-        width=32,
-        n_heads=2,
-        n_layers=1,
-        num_sampling_steps=2,
-        vision_widths=(8, 16),
-        vision_blocks=(1, 1),
-        image_size=(32, 32),
-    )
+    sizes: dict[str, Any] = {
+        "camera_keys": camera_keys,
+        "state_dim": dof,
+        "action_dim": dof,
+        "chunk_size": 6,
+        "n_action_steps": 6,
+        "width": 32,
+        "n_heads": 2,
+        "n_layers": 1,
+        "num_sampling_steps": 2,
+        "vision_widths": (8, 16),
+        "vision_blocks": (1, 1),
+        "image_size": (32, 32),
+    }
+    config = MoDEConfig.from_preset("cpu", **{**sizes, **overrides})
     stats = {
         "action": {"min": [-0.5] * dof, "max": [0.5] * dof},
         STATE: {"mean": [0.0] * dof, "std": [1.0] * dof},

@@ -130,3 +130,18 @@ def test_serves_a_real_checkpoint(tmp_path: Path) -> None:
         chunk = client({STATE: np.zeros(6, np.float32), "task": "pick up the cube"})
         assert chunk.shape == (6, 6) and np.all(np.isfinite(chunk))
         client.close()
+
+
+def test_serves_the_steps_a_dynamic_horizon_policy_chooses(tmp_path: Path) -> None:
+    """`vla serve --dynamic-horizon`: each reply holds the actions the mixture of horizons chose to execute."""
+    from vla.policies.mode.configuration_mode import moh_overrides
+
+    ckpt = tiny_mode_checkpoint(tmp_path / "ckpt", **moh_overrides((2, 4, 6)))
+    planner = load_policy_planner(str(ckpt), dynamic_horizon=1.3)
+    planner.warmup()
+    with PolicyServer(planner, port=0) as server:
+        client = RemotePlanner("{}:{}".format(*server.address), timeout_s=60)
+        chunk = client({STATE: np.zeros(6, np.float32)})
+        client.close()
+    chosen = int(planner.policy.last_horizons.n_exec[0])
+    assert chunk.shape == (chosen, 6) and chosen < 6
