@@ -195,7 +195,7 @@ class ChunkingPlanner:
     def plan(self, batch):
         import numpy as np
 
-        from vla.eval.planners import Plan
+        from vla.policies.runtime import Plan
 
         last = {k: batch[k][:, -1:] for k in self.obs_keys}
         for i, stage in enumerate(batch["stage"]):

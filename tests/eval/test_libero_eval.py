@@ -15,11 +15,12 @@ from tests.eval.factories import BrokenFactory
 from tests.eval.helpers import STEPS, SUITE, TASK, eval_config, fitting_data_spec, save_checkpoint
 from vla.cli import app
 from vla.eval.episodes import EpisodeSpec, EvalError
-from vla.eval.planners import Plan, PlannerSpec
+from vla.eval.planners import PlannerSpec
 from vla.eval.protocols.libero import PRESETS, LiberoEnvFactory, evaluate_libero, prepare
 from vla.eval.results import ResultsLog
 from vla.eval.runner import run_episodes
 from vla.eval.worker import SlotConfig
+from vla.policies.runtime import Plan
 from vla.sim.base import SimError
 
 pytestmark = pytest.mark.slow

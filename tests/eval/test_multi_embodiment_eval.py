@@ -12,10 +12,10 @@ import torch
 from tests.datasets.store_helpers import write_toy_store
 from tests.eval.helpers import eval_config, fitting_data_spec
 from vla.datasets.store import Episode, StoreWriter
-from vla.eval.episodes import EvalError
-from vla.eval.planners import PolicyPlanner
+from vla.errors import PolicyError
 from vla.eval.protocols.libero import evaluate_libero, prepare
 from vla.policies.policy import Policy
+from vla.policies.runtime import PolicyPlanner
 from vla.train import TrainConfig, train
 
 TINY_HIMOE = {"width": 32, "n_heads": 2, "layer_pattern": "ahda", "num_steps": 2, "chunk_size": 6, "n_action_steps": 6}
@@ -71,5 +71,5 @@ def test_a_mixture_without_the_envs_robot_is_refused(tmp_path):
     a = write_toy_store(tmp_path / "a.zarr", [20], cameras=(), embodiment="toy_a")
     b = write_toy_store(tmp_path / "b.zarr", [20], cameras=(), action="joint5_gripper", embodiment="toy_b")
     ckpt = train_mixture(tmp_path, [str(a.path), str(b.path)])
-    with pytest.raises(EvalError, match=r"several embodiments \(toy_a, toy_b\).*'libero_panda'"):
+    with pytest.raises(PolicyError, match=r"several embodiments \(toy_a, toy_b\).*'libero_panda'"):
         prepare(eval_config(tmp_path / "eval", policy=str(ckpt)))

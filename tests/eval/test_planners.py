@@ -7,8 +7,9 @@ import numpy as np
 import torch
 
 from tests.eval.helpers import tiny_mode
-from vla.eval.planners import PlannerSpec, PolicyPlanner, RandomPlanner
+from vla.eval.planners import PlannerSpec, RandomPlanner
 from vla.policies.mode import MoDEPolicy
+from vla.policies.runtime import PolicyPlanner
 
 
 def batch(rows: int, **obs: np.ndarray) -> dict:

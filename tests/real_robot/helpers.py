@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
+from vla.policies.runtime import ObservationHistory
 from vla.real_robot.arm import ArmSpec, load_arm
 from vla.real_robot.dryrun import EMULATOR_LATENCY_MS
-from vla.real_robot.planners import ObsHistory
 
 STATE = "observation.state"
 
@@ -21,17 +22,15 @@ def servo_arm(driver: str) -> ArmSpec:
 
 
 class RampPlanner:
-    """Deterministic: action[i] = state + step * (i + 1). Same interface as PolicyPlanner (server tests)."""
-
-    camera_keys: tuple[str, ...] = ()
+    """Deterministic: action[i] = state + step * (i + 1). The deploy/server side of the runtime's PolicyPlanner."""
 
     def __init__(self, dof: int = 6, horizon: int = 8, step: float = 0.01):
-        self.state_dim = self.action_dim = dof
+        self.native_config = SimpleNamespace(camera_keys=(), state_dim=dof, action_dim=dof)
         self.horizon, self.step = horizon, step
         self.calls = 0
 
-    def new_history(self) -> ObsHistory:
-        return ObsHistory(1)
+    def new_history(self) -> ObservationHistory:
+        return ObservationHistory(1, (STATE,))
 
     def expected(self, state: np.ndarray) -> np.ndarray:
         ramp = self.step * np.arange(1, self.horizon + 1)[:, None]
@@ -41,29 +40,29 @@ class RampPlanner:
         self.calls += 1
         return self.expected(obs[STATE])
 
-    def predict_batch(self, items: list[tuple[dict[str, Any], ObsHistory]]) -> list[np.ndarray]:
+    def plan_streams(self, items: list[tuple[dict[str, Any], ObservationHistory]]) -> list[np.ndarray]:
         self.calls += 1
         return [self.expected(obs[STATE]) for obs, _ in items]
 
 
-def tiny_mode_checkpoint(directory: Path, dof: int = 6, camera_keys: tuple[str, ...] = ()) -> Path:
+def tiny_mode_checkpoint(directory: Path, dof: int = 6, camera_keys: tuple[str, ...] = (), **overrides: Any) -> Path:
     from vla.policies.mode import MoDEConfig, MoDEPolicy
 
-    config = MoDEConfig.from_preset(
-        "cpu",
-        camera_keys=camera_keys,
-        state_dim=dof,
-        action_dim=dof,
-        chunk_size=6,
-        n_action_steps=6,
-        width=32,
-        n_heads=2,
-        n_layers=1,
-        num_sampling_steps=2,
-        vision_widths=(8, 16),
-        vision_blocks=(1, 1),
-        image_size=(32, 32),
-    )
+    sizes: dict[str, Any] = {
+        "camera_keys": camera_keys,
+        "state_dim": dof,
+        "action_dim": dof,
+        "chunk_size": 6,
+        "n_action_steps": 6,
+        "width": 32,
+        "n_heads": 2,
+        "n_layers": 1,
+        "num_sampling_steps": 2,
+        "vision_widths": (8, 16),
+        "vision_blocks": (1, 1),
+        "image_size": (32, 32),
+    }
+    config = MoDEConfig.from_preset("cpu", **{**sizes, **overrides})
     stats = {
         "action": {"min": [-0.5] * dof, "max": [0.5] * dof},
         STATE: {"mean": [0.0] * dof, "std": [1.0] * dof},

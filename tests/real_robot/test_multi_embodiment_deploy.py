@@ -12,8 +12,7 @@ from tests.datasets.store_helpers import write_toy_store
 from vla.datasets.store import Episode, StoreWriter
 from vla.errors import VlaError
 from vla.real_robot.arm import load_arm
-from vla.real_robot.deploy import DeployOptions, deploy
-from vla.real_robot.planners import PolicyPlanner
+from vla.real_robot.deploy import DeployOptions, deploy, load_policy_planner
 from vla.real_robot.recorder import store_spec
 from vla.train import TrainConfig, train
 
@@ -44,8 +43,9 @@ def mixture(tmp_path_factory) -> Path:
 
 def test_mixture_policy_acts_in_the_arms_native_joints(mixture):
     arm = load_arm("so101")
-    planner = PolicyPlanner(str(mixture), embodiment="so101")
-    assert planner.policy.config.action_dim == 24 and (planner.state_dim, planner.action_dim) == (arm.dof, arm.dof)
+    planner = load_policy_planner(str(mixture), embodiment="so101")
+    native = planner.native_config
+    assert planner.policy.config.action_dim == 24 and (native.state_dim, native.action_dim) == (arm.dof, arm.dof)
     obs = {"observation.state": np.zeros(arm.dof, np.float32), "task": "pick"}
     assert planner(obs).shape == (6, arm.dof)
     (report,) = deploy(DeployOptions(robot="so101", policy=str(mixture), dry_run=True, seconds=0.4, fps=10.0,

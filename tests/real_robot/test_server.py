@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vla.real_robot.planners import PolicyPlanner
+from vla.real_robot.deploy import load_policy_planner
 from vla.real_robot.server.client import RemoteError, RemotePlanner
 from vla.real_robot.server.protocol import encode, read_frame
 from vla.real_robot.server.server import PolicyServer
@@ -83,9 +83,9 @@ def test_malformed_storm_and_valid_answers() -> None:
 
 def test_concurrent_clients_are_batched() -> None:
     class SlowRamp(RampPlanner):
-        def predict_batch(self, items):  # type: ignore[override]
+        def plan_streams(self, items):  # type: ignore[override]
             time.sleep(0.02)
-            return super().predict_batch(items)
+            return super().plan_streams(items)
 
     planner = SlowRamp()
     with PolicyServer(planner, port=0, batch_wait_s=0.01) as server:
@@ -123,10 +123,25 @@ def test_token_is_required_off_loopback_and_checked() -> None:
 
 def test_serves_a_real_checkpoint(tmp_path: Path) -> None:
     ckpt = tiny_mode_checkpoint(tmp_path / "ckpt")
-    planner = PolicyPlanner(ckpt)
+    planner = load_policy_planner(str(ckpt))
     planner.warmup()  # loads the language encoder before the clock of the client's timeout starts
     with PolicyServer(planner, port=0) as server:
         client = RemotePlanner("{}:{}".format(*server.address), timeout_s=60)  # first call warms torch up
         chunk = client({STATE: np.zeros(6, np.float32), "task": "pick up the cube"})
         assert chunk.shape == (6, 6) and np.all(np.isfinite(chunk))
         client.close()
+
+
+def test_serves_the_steps_a_dynamic_horizon_policy_chooses(tmp_path: Path) -> None:
+    """`vla serve --dynamic-horizon`: each reply holds the actions the mixture of horizons chose to execute."""
+    from vla.policies.mode.configuration_mode import moh_overrides
+
+    ckpt = tiny_mode_checkpoint(tmp_path / "ckpt", **moh_overrides((2, 4, 6)))
+    planner = load_policy_planner(str(ckpt), dynamic_horizon=1.3)
+    planner.warmup()
+    with PolicyServer(planner, port=0) as server:
+        client = RemotePlanner("{}:{}".format(*server.address), timeout_s=60)
+        chunk = client({STATE: np.zeros(6, np.float32)})
+        client.close()
+    chosen = int(planner.policy.last_horizons.n_exec[0])
+    assert chunk.shape == (chosen, 6) and chosen < 6

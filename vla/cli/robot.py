@@ -87,6 +87,9 @@ def deploy(
     embodiment: str | None = typer.Option(
         None, help="a policy trained on several robots: which one this arm is (default: the arm file's name)"
     ),
+    dynamic_horizon: float | None = typer.Option(
+        None, "--dynamic-horizon", metavar="RATIO", help="mixture-of-horizons policies: dynamic inference ratio"
+    ),
     verbose: bool = typer.Option(False, "-v", help="log every intervention"),
 ) -> None:
     """Run a policy on an arm: fixed-rate loop, async inference, safety layer, optional recording."""
@@ -97,7 +100,7 @@ def deploy(
     opts = DeployOptions(robot=robot, policy=policy, server=server, token=token, cameras=list(camera or []), fps=fps,
                          merge=merge, ensemble_k=ensemble_k, record=record, task=task, episodes=episodes,
                          seconds=seconds, dry_run=dry_run, port=port, device=device,
-                         embodiment=embodiment)  # fmt: skip
+                         embodiment=embodiment, dynamic_horizon=dynamic_horizon)  # fmt: skip
     _print_reports(run_deploy(opts))
 
 
@@ -108,14 +111,17 @@ def serve(
     token: str | None = typer.Option(None, "--token", envvar="VLA_SERVE_TOKEN"),
     max_batch: int = typer.Option(8, help="most requests answered by one forward pass"),
     device: str = typer.Option("cpu"),
+    dynamic_horizon: float | None = typer.Option(
+        None, "--dynamic-horizon", metavar="RATIO", help="mixture-of-horizons policies: dynamic inference ratio"
+    ),
 ) -> None:
     """Serve a checkpoint to remote deploy loops."""
-    from vla.real_robot.planners import PolicyPlanner
+    from vla.real_robot.deploy import load_policy_planner
     from vla.real_robot.server.server import PolicyServer
 
+    planner = load_policy_planner(policy, device, dynamic_horizon)
     try:
-        server = PolicyServer(PolicyPlanner(policy, device=device), host=host, port=port, token=token,
-                              max_batch=max_batch)  # fmt: skip
+        server = PolicyServer(planner, host=host, port=port, token=token, max_batch=max_batch)
     except ValueError as e:
         raise VlaError(str(e)) from None
     server.planner.warmup()

@@ -26,13 +26,14 @@ import numpy as np
 from vla.datasets.spec import StoreSpec
 from vla.eval.episodes import EpisodeResult, EpisodeSpec, EvalError
 from vla.eval.fit import check_policy_fits
-from vla.eval.planners import PlannerSpec, PolicyPlanner, policy_decides_horizon
+from vla.eval.planners import PlannerSpec
 from vla.eval.report import VIDEO_DIR, VideoKeeper, write_report
 from vla.eval.results import ResultsLog, finish_run, start_run
 from vla.eval.runner import RunStats, run_episodes
 from vla.eval.worker import SlotConfig
 from vla.keys import camera_name
 from vla.policies.pretrained import load_data_spec
+from vla.policies.runtime import PolicyPlanner, policy_decides_horizon
 
 RANDOM = "random"  # the --policy value of the random smoke-test planner
 

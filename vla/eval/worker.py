@@ -21,7 +21,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -31,6 +30,7 @@ import numpy as np
 
 from vla.eval.episodes import EpisodeResult, EpisodeSpec
 from vla.eval.planners import PlannerSpec
+from vla.policies.runtime import ObservationHistory
 from vla.sim.base import SimEnv
 
 EnvFactory = Callable[[EpisodeSpec], SimEnv]  # must be picklable for worker processes
@@ -81,6 +81,7 @@ class EpisodeSlot:
         self.env_key: str | None = None
         self.spec: EpisodeSpec | None = None
         self.record = False
+        self.history = ObservationHistory(config.n_obs, config.obs_keys)
 
     # --- the conversation ---------------------------------------------------------------------
     def start(self, spec: EpisodeSpec, record: bool = False) -> Reply:
@@ -120,8 +121,7 @@ class EpisodeSlot:
             self.steps += 1
             self.stage_steps += 1
             self.executed += 1
-            for k, frames in self.history.items():
-                frames.append(result.obs[k])
+            self.history.push(result.obs)
             self._keep_state(self.env)
             if result.success or self.stage_steps >= self.env.max_steps:
                 self.discarded += n - i - 1
@@ -163,7 +163,8 @@ class EpisodeSlot:
         )
 
     def _restart_history(self, obs: dict[str, np.ndarray]) -> None:
-        self.history = {k: deque([obs[k]] * self.config.n_obs, maxlen=self.config.n_obs) for k in self.config.obs_keys}
+        self.history.reset()
+        self.history.push(obs)
 
     def _env_for(self, spec: EpisodeSpec) -> SimEnv:
         if self.env is None or self.env_key != spec.env_key:
@@ -179,8 +180,9 @@ class EpisodeSlot:
                 self.states.append(state)
 
     def _plan_request(self) -> Reply:
-        history = {k: np.stack(list(v)) for k, v in self.history.items()}
-        return Reply("plan", history=history, language=self.language, plan_index=self.calls, stage=self.stage)
+        return Reply(
+            "plan", history=self.history.stacked(), language=self.language, plan_index=self.calls, stage=self.stage
+        )
 
     def _done(self, success: bool, error: BaseException | None = None) -> Reply:
         spec = self.spec

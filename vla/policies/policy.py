@@ -20,11 +20,12 @@ from torch import nn
 
 from vla.datasets.normalize import MultiNormalizer, Normalizer
 from vla.errors import PolicyError
-from vla.keys import STATE_KEY
+from vla.keys import TASK_KEY
 from vla.policies.config import PolicyConfig
 from vla.policies.embodiment import EmbodimentTable
 from vla.policies.pretrained import load_pretrained, save_pretrained
 from vla.policies.routing import LayerRouting
+from vla.policies.runtime import ObservationHistory
 
 
 class Policy(nn.Module):
@@ -39,7 +40,7 @@ class Policy(nn.Module):
         if dataset_stats is not None:
             self.set_normalization(dataset_stats)
         self._action_queue: deque[torch.Tensor] = deque()
-        self._obs_history: dict[str, deque[torch.Tensor]] = {}
+        self._obs_history = ObservationHistory(config.n_obs, config.observation_keys)
 
     # --- normalisation seam -----------------------------------------------------------------------
     def set_normalization(self, stats: Mapping[str, Mapping[str, Any]] | Normalizer | MultiNormalizer) -> None:
@@ -79,7 +80,7 @@ class Policy(nn.Module):
     def reset(self) -> None:
         """Call at the start of every episode: clears the action queue and observation history."""
         self._action_queue.clear()
-        self._obs_history.clear()
+        self._obs_history.reset()
 
     @torch.no_grad()
     def select_action(self, obs: Mapping[str, Any]) -> torch.Tensor:
@@ -94,24 +95,17 @@ class Policy(nn.Module):
         return self._action_queue.popleft()
 
     def _with_history(self, obs: Mapping[str, Any]) -> dict[str, Any]:
-        n = self.config.n_obs
-        out = dict(obs)
-        keys = [*self.config.camera_keys, *([STATE_KEY] if self.config.state_dim is not None else [])]
-        for key in keys:
-            if key not in obs:
-                raise PolicyError(f"observation is missing {key!r}")
-            frame = torch.as_tensor(obs[key])
-            hist = self._obs_history.get(key)
-            if hist is None:
-                hist = self._obs_history[key] = deque([frame] * n, maxlen=n)
-            else:
-                hist.append(frame)
-            out[key] = torch.stack(list(hist), dim=1)  # (B, n_obs, ...)
-        batch_size = next(iter(out[k] for k in keys)).shape[0] if keys else 1
-        out["observation_is_pad"] = torch.zeros(batch_size, n, dtype=torch.bool)
-        task = obs.get("task", "")
-        out["task"] = [task] * batch_size if isinstance(task, str) else list(task)
-        return out
+        """`obs` with each observation key's last `n_obs` frames (B, n_obs, ...) and the batch's `task` list."""
+        self._obs_history.push({k: torch.as_tensor(obs[k]) for k in self._obs_history.keys if k in obs})
+        frames = self._obs_history.stacked(axis=1)
+        batch_size = next(iter(frames.values())).shape[0] if frames else 1
+        task = obs.get(TASK_KEY, "")
+        return {
+            **obs,
+            **frames,
+            "observation_is_pad": torch.zeros(batch_size, self.config.n_obs, dtype=torch.bool),
+            TASK_KEY: [task] * batch_size if isinstance(task, str) else list(task),
+        }
 
     # --- checkpoints ----------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from vla.errors import VlaError
+from vla.keys import camera_key
 from vla.real_robot.clock import Clock, RealClock
 
 log = logging.getLogger("vla.real_robot.cameras")
@@ -67,7 +68,7 @@ class OpenCVCamera:
 
     @property
     def key(self) -> str:
-        return f"observation.images.{self.name}"
+        return camera_key(self.name)
 
     def frame_size(self) -> tuple[int, int] | None:
         """(height, width) of the frames `read` returns, without consuming one."""

@@ -6,10 +6,12 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vla.errors import VlaError
+from vla.keys import camera_key, camera_name
 from vla.real_robot.arm import ArmSpec, load_arm
 from vla.real_robot.cameras import OpenCVCamera, parse_camera_arg
 from vla.real_robot.clock import RealClock
@@ -17,7 +19,10 @@ from vla.real_robot.drivers import make_robot
 from vla.real_robot.loop import ControlLoop, LoopConfig, LoopReport
 from vla.real_robot.recorder import EpisodeRecorder, store_spec
 from vla.real_robot.safety import SafetyLayer
-from vla.real_robot.workers import Planner, SyncWorker, ThreadedWorker
+from vla.real_robot.workers import StreamPlanner, SyncWorker, ThreadedWorker
+
+if TYPE_CHECKING:
+    from vla.policies.runtime import PolicyPlanner
 
 log = logging.getLogger("vla.real_robot.deploy")
 
@@ -46,6 +51,9 @@ class DeployOptions:
     # Multi-embodiment policies: which of their robots this arm is (default: the arm file's name,
     # which is what `--record` stores call it).
     embodiment: str | None = None
+    # Mixture-of-Horizons policies: dynamic inference with this threshold ratio; each chunk is then cut
+    # to the actions the policy chose to execute (None: every predicted action is sent to the loop).
+    dynamic_horizon: float | None = None
 
 
 def make_safety(spec: ArmSpec, robot: object) -> SafetyLayer:
@@ -54,23 +62,22 @@ def make_safety(spec: ArmSpec, robot: object) -> SafetyLayer:
     return SafetyLayer(spec.low, spec.high, spec.max_step, workspace=ws, forward_kinematics=fk)
 
 
-def _planner(opts: DeployOptions, spec: ArmSpec, stack: contextlib.ExitStack) -> Planner:
+def _planner(opts: DeployOptions, spec: ArmSpec, stack: contextlib.ExitStack) -> StreamPlanner:
     chosen = [x for x in (opts.policy, opts.server, opts.leader) if x]
     if len(chosen) != 1:
         raise VlaError("give exactly one of --policy CKPT_DIR, --server HOST:PORT or --leader ARM_FILE")
     if opts.policy:
-        from vla.real_robot.planners import PolicyPlanner
-
-        planner = PolicyPlanner(opts.policy, device=opts.device, embodiment=opts.embodiment or spec.name)
-        given = {f"observation.images.{parse_camera_arg(a)[0]}" for a in opts.cameras}
-        missing = [k for k in planner.camera_keys if k not in given]
+        planner = load_policy_planner(opts.policy, opts.device, opts.dynamic_horizon, opts.embodiment or spec.name)
+        given = {camera_key(parse_camera_arg(a)[0]) for a in opts.cameras}
+        native = planner.native_config
+        missing = [k for k in native.camera_keys if k not in given]
         if missing:
-            names = ", ".join(k.removeprefix("observation.images.") for k in missing)
+            names = ", ".join(str(camera_name(k)) for k in missing)
             raise VlaError(f"the policy reads cameras {names}; pass each as --camera NAME=INDEX_OR_FILE")
         planner.warmup(opts.task)
-        if planner.action_dim != spec.dof or planner.state_dim not in (None, spec.dof):
+        if native.action_dim != spec.dof or native.state_dim not in (None, spec.dof):
             raise VlaError(
-                f"policy acts in {planner.action_dim} dims with state {planner.state_dim}; arm {spec.name} has "
+                f"policy acts in {native.action_dim} dims with state {native.state_dim}; arm {spec.name} has "
                 f"{spec.dof} joints"
             )
         return planner
@@ -88,6 +95,21 @@ def _planner(opts: DeployOptions, spec: ArmSpec, stack: contextlib.ExitStack) ->
     leader.connect()
     stack.callback(leader.disconnect)
     return LeaderPlanner(leader)
+
+
+def load_policy_planner(
+    checkpoint: str, device: str = "cpu", dynamic_horizon: float | None = None, embodiment: str | None = None
+) -> PolicyPlanner:
+    """A checkpoint through the policy runtime, for `vla deploy` and `vla serve`. The loop re-plans whenever
+    its worker is idle, so every predicted action goes to its chunk buffer, unless the policy decides its
+    horizon (`dynamic_horizon`, Mixture-of-Horizons): each chunk is then cut to the actions it chose.
+    `embodiment`: the arm, for a multi-embodiment policy (which refuses to run without one)."""
+    from vla.policies.runtime import PolicyPlanner
+
+    planner = PolicyPlanner.load(checkpoint, device, dynamic_horizon=dynamic_horizon)
+    planner.bind_embodiment(embodiment)
+    planner.replan_steps = planner.policy.config.chunk_size
+    return planner
 
 
 def deploy(opts: DeployOptions) -> list[LoopReport]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vla.keys import STATE_KEY, TASK_KEY
 from vla.real_robot.cameras import Camera
 from vla.real_robot.chunks import ChunkBuffer
 from vla.real_robot.clock import Clock
@@ -25,8 +26,6 @@ from vla.real_robot.watchdog import Watchdog
 from vla.real_robot.workers import Observation, Worker
 
 log = logging.getLogger("vla.real_robot.loop")
-
-STATE_KEY = "observation.state"
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,7 @@ class ControlLoop:
             return None
         self._comm_failures = 0
         self._last_state = state.joints
-        obs: Observation = {STATE_KEY: state.joints.astype(np.float32), "task": self.config.task}
+        obs: Observation = {STATE_KEY: state.joints.astype(np.float32), TASK_KEY: self.config.task}
         for cam in self.cameras:
             frame = cam.read()
             if frame is None:

@@ -8,8 +8,8 @@ import numpy as np
 
 from vla.datasets.spec import CameraSpec, DimSpec, SourceInfo, StoreSpec
 from vla.datasets.store import Episode, StoreWriter
+from vla.keys import STATE_KEY, TASK_KEY
 from vla.real_robot.arm import ArmSpec
-from vla.real_robot.loop import STATE_KEY
 from vla.real_robot.workers import Observation
 
 
@@ -43,7 +43,7 @@ class EpisodeRecorder:
     def add(self, obs: Observation | None, command: np.ndarray | None) -> None:
         if obs is None or command is None:
             return
-        self._task = str(obs.get("task", ""))
+        self._task = str(obs.get(TASK_KEY, ""))
         self._frames.setdefault(STATE_KEY, []).append(np.asarray(obs[STATE_KEY], dtype=np.float32))
         self._frames.setdefault("action", []).append(np.asarray(command, dtype=np.float32))
         for cam in self.spec.cameras:

@@ -1,4 +1,4 @@
-"""Inference workers: run a planner (observation -> (H, A) chunk) beside the control loop.
+"""Inference workers: run a stream planner (observation -> (H, A) actions to execute) beside the control loop.
 
 `ThreadedWorker` runs it in its own thread (the async deployment loop); `SyncWorker` runs it inside the
 tick (the baseline that blocks); `ScheduledWorker` answers after a given latency on a fake clock, so
@@ -20,7 +20,9 @@ from vla.real_robot.clock import Clock
 log = logging.getLogger("vla.real_robot.workers")
 
 Observation = dict[str, Any]
-Planner = Callable[[Observation], np.ndarray]
+# One arm's newest observation -> the actions to execute (H, A): the policy runtime's PolicyPlanner (which keeps
+# the arm's observation history and cuts each chunk to its n_exec actions), a `vla serve` client, a leader arm.
+StreamPlanner = Callable[[Observation], np.ndarray]
 
 
 class Worker(Protocol):
@@ -44,7 +46,7 @@ def _as_chunk(tick: int, out: Any) -> Chunk:
 class SyncWorker:
     plans_in_tick = True
 
-    def __init__(self, planner: Planner):
+    def __init__(self, planner: StreamPlanner):
         self.planner = planner
         self.errors = 0
         self._done: list[Chunk] = []
@@ -70,7 +72,7 @@ class SyncWorker:
 class ThreadedWorker:
     """One request in flight at a time; the loop submits the newest observation whenever it is idle."""
 
-    def __init__(self, planner: Planner):
+    def __init__(self, planner: StreamPlanner):
         self.planner = planner
         self.errors = 0
         self._lock = threading.Lock()
@@ -129,7 +131,7 @@ class ThreadedWorker:
 class ScheduledWorker:
     """Fake-clock worker: the planner runs at submit, its chunk is delivered `latency(tick)` seconds later."""
 
-    def __init__(self, planner: Planner, clock: Clock, latency: float | Callable[[int], float]):
+    def __init__(self, planner: StreamPlanner, clock: Clock, latency: float | Callable[[int], float]):
         self.planner = planner
         self.clock = clock
         self.latency = latency if callable(latency) else (lambda _t: float(latency))

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from vla.datasets.conventions.calvin import SCENE_KEY
-from vla.eval.planners import Plan
 from vla.keys import STATE_KEY, TASK_KEY
+from vla.policies.runtime import Plan
 from vla.sim.calvin.instructions import instructions
 from vla.sim.calvin.tasks import BLOCKS
 

@@ -22,13 +22,13 @@ from tests.policies.himoe.helpers import (
 )
 from vla.cli.train import moh_settings
 from vla.datasets import slots as slotlib
-from vla.eval.planners import PolicyPlanner
 from vla.policies import PolicyError, available_policies, get_policy
 from vla.policies.himoe import HiMoEConfig, HiMoEPolicy
 from vla.policies.himoe.configuration_himoe import PAPER_PATTERN, moh_overrides
 from vla.policies.modules.hier_moe import ActionSpaceMoE, DenseMLP, HBMoE
 from vla.policies.policy import Policy
 from vla.policies.routing import LayerRouting
+from vla.policies.runtime import PolicyPlanner
 
 
 def test_paper_preset_defaults_and_parameter_counts():

@@ -9,13 +9,12 @@ import torch
 
 from tests.policies.mode.helpers import make_batch, sharpen_routers, stats_for, tiny_config
 from vla.cli.train import moh_settings
-from vla.eval.episodes import EvalError
-from vla.eval.planners import PolicyPlanner
 from vla.policies import PolicyError
 from vla.policies.mode import MoDEPolicy
 from vla.policies.mode.configuration_mode import MOH_HORIZONS, moh_overrides
 from vla.policies.modules.horizons import dynamic_horizon
 from vla.policies.policy import Policy
+from vla.policies.runtime import PolicyPlanner
 
 HORIZONS = (2, 4, 6)
 
@@ -158,7 +157,7 @@ def test_dynamic_inference_through_predict_plan_select_action_and_the_planner():
     plan = planner.plan(rows)
     assert plan.n_exec.tolist() == plain.last_horizons.n_exec.tolist()
     assert planner.describe()["replan_steps"] == "policy-decided" and planner.describe()["dynamic_horizon"] == 1.3
-    with pytest.raises(EvalError, match="mixture-of-horizons"):
+    with pytest.raises(PolicyError, match="mixture-of-horizons"):
         PolicyPlanner(MoDEPolicy(tiny_config()), dynamic_horizon=1.2)
 
 

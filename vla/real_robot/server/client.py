@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from vla.real_robot.server.protocol import decode_arrays, encode, read_frame
+from vla.keys import STATE_KEY, TASK_KEY
+from vla.real_robot.server.protocol import ArraySpec, decode_arrays, encode, read_frame
 from vla.real_robot.server.server import is_loopback
 from vla.real_robot.workers import Observation
 
@@ -56,13 +57,11 @@ class RemotePlanner:
         self._request({"type": "reset"})
 
     def __call__(self, obs: Observation) -> np.ndarray:
-        arrays = {k: np.asarray(v) for k, v in obs.items() if k != "task"}
-        if "observation.state" in arrays:
-            arrays["observation.state"] = arrays["observation.state"].astype(np.float32)
-        reply, payload = self._request({"type": "infer", "task": str(obs.get("task", ""))}, arrays)
+        arrays = {k: np.asarray(v) for k, v in obs.items() if k != TASK_KEY}
+        if STATE_KEY in arrays:
+            arrays[STATE_KEY] = arrays[STATE_KEY].astype(np.float32)
+        reply, payload = self._request({"type": "infer", "task": str(obs.get(TASK_KEY, ""))}, arrays)
         meta = reply.get("arrays", {}).get("actions", {})
-        from vla.real_robot.server.protocol import ArraySpec
-
         shape = meta.get("shape", [])
         spec = {"actions": ArraySpec("float32", tuple(shape) if len(shape) == 2 else (None, None))}
         return decode_arrays(reply, payload, spec)["actions"].astype(np.float64)

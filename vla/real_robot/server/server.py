@@ -1,7 +1,8 @@
 """`vla serve`: one checkpoint served to remote deploy loops over TCP, concurrent clients batched.
 
 Binds to 127.0.0.1 unless told otherwise, and then only with a token. Each connection keeps its own
-observation history; a batcher thread gathers requests from all connections for one forward pass.
+observation history; a batcher thread gathers requests from all connections for one forward pass of the
+policy runtime's planner (`plan_streams`), and each client gets the actions its robot should execute.
 Malformed messages get an error reply and the connection (and server) carry on.
 """
 
@@ -16,11 +17,11 @@ import socketserver
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vla.real_robot.planners import ObsHistory
+from vla.keys import STATE_KEY, TASK_KEY
 from vla.real_robot.server.protocol import (
     ArraySpec,
     ProtocolError,
@@ -30,9 +31,10 @@ from vla.real_robot.server.protocol import (
     read_frame,
 )
 
-log = logging.getLogger("vla.real_robot.server")
+if TYPE_CHECKING:
+    from vla.policies.runtime import ObservationHistory
 
-STATE_KEY = "observation.state"
+log = logging.getLogger("vla.real_robot.server")
 
 
 def is_loopback(host: str) -> bool:
@@ -47,7 +49,7 @@ def is_loopback(host: str) -> bool:
 @dataclass
 class _Request:
     obs: dict[str, Any]
-    history: ObsHistory
+    history: ObservationHistory
     future: Future
 
 
@@ -69,9 +71,10 @@ class PolicyServer:
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_s
         self.idle_timeout_s = idle_timeout_s
-        self.schema = {k: ArraySpec("uint8", (None, None, 3)) for k in planner.camera_keys}
-        if planner.state_dim is not None:
-            self.schema[STATE_KEY] = ArraySpec("float32", (planner.state_dim,))
+        native = planner.native_config
+        self.schema = {k: ArraySpec("uint8", (None, None, 3)) for k in native.camera_keys}
+        if native.state_dim is not None:
+            self.schema[STATE_KEY] = ArraySpec("float32", (native.state_dim,))
         self.stats = {"requests": 0, "errors": 0, "batches": 0, "max_batch_seen": 0}
         self._queue: queue.Queue[_Request] = queue.Queue(maxsize=256)
         self._stop = threading.Event()
@@ -120,7 +123,7 @@ class PolicyServer:
                     sock.sendall(encode({"type": "ok", "id": msg_id}))
                 elif kind == "infer":
                     obs: dict[str, Any] = decode_arrays(header, payload, self.schema)
-                    obs["task"] = check_task(header)
+                    obs[TASK_KEY] = check_task(header)
                     fut: Future = Future()
                     self._queue.put(_Request(obs, history, fut), timeout=5.0)
                     actions = fut.result(timeout=60.0)
@@ -140,11 +143,8 @@ class PolicyServer:
                     return
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "camera_keys": list(self.planner.camera_keys),
-            "state_dim": self.planner.state_dim,
-            "action_dim": self.planner.action_dim,
-        }
+        native = self.planner.native_config
+        return {"camera_keys": list(native.camera_keys), "state_dim": native.state_dim, "action_dim": native.action_dim}
 
     # --- batching ----------------------------------------------------------------------------------
     def _batcher(self) -> None:
@@ -164,10 +164,10 @@ class PolicyServer:
             # Requests with different image sizes cannot share a tensor: one pass per size.
             groups: dict[tuple, list[_Request]] = {}
             for r in batch:
-                groups.setdefault(tuple(np.shape(v) for k, v in sorted(r.obs.items()) if k != "task"), []).append(r)
+                groups.setdefault(tuple(np.shape(v) for k, v in sorted(r.obs.items()) if k != TASK_KEY), []).append(r)
             for reqs in groups.values():
                 try:
-                    outs = self.planner.predict_batch([(r.obs, r.history) for r in reqs])
+                    outs = self.planner.plan_streams([(r.obs, r.history) for r in reqs])
                     for r, out in zip(reqs, outs, strict=True):
                         r.future.set_result(np.asarray(out))
                 except Exception as e:
