@@ -176,3 +176,18 @@ def test_train_cli_runs_and_prints_a_summary(reach_store, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step_000004" / "model.safetensors").is_file()
     help_text = CliRunner().invoke(app, ["train", "--help"]).output
     assert "--resume" in help_text and "--data" in help_text
+
+
+def test_loader_workers_never_fork_the_training_process_and_give_the_same_losses(reach_store, tmp_path, monkeypatch):
+    """By the time workers start, zarr's event loop and torch's pools run threads, and a forked child can
+    inherit a held lock: workers must come from a forkserver/spawn, never os.fork() of this process. Their
+    batches (so the losses) equal loading in the main process."""
+
+    def no_fork() -> int:
+        raise AssertionError("os.fork() of the multi-threaded training process")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    train("mode", tiny_run(reach_store, tmp_path / "workers", steps=4, num_workers=2), preset="cpu")
+    monkeypatch.undo()
+    train("mode", tiny_run(reach_store, tmp_path / "main", steps=4, num_workers=0), preset="cpu")
+    assert _losses(tmp_path / "workers") == _losses(tmp_path / "main")

@@ -276,6 +276,9 @@ def _sampler(data: TrainingData, tc: TrainConfig, accelerator: Accelerator) -> M
     )
 
 
+WORKER_START_METHOD = "forkserver"
+
+
 def _batches(
     data: TrainingData, sampler: MixtureSampler, tc: TrainConfig, per_epoch: int, start: int
 ) -> Iterator[dict[str, Any]]:
@@ -290,6 +293,9 @@ def _batches(
             num_workers=tc.num_workers,
             generator=torch.Generator().manual_seed(tc.seed * 100_003 + epoch),
             persistent_workers=False,
+            # By now zarr's event loop and torch's pools run threads: a forked worker could inherit a held
+            # lock and deadlock. forkserver starts workers from a clean single-threaded server process.
+            multiprocessing_context=WORKER_START_METHOD if tc.num_workers > 0 else None,
         )
         yield from loader
         epoch, pos = epoch + 1, 0
