@@ -23,6 +23,7 @@ from vla.errors import PolicyError
 from vla.keys import STATE_KEY
 from vla.policies.config import PolicyConfig
 from vla.policies.embodiment import EmbodimentTable
+from vla.policies.modules.moe import expert_parameters
 from vla.policies.pretrained import load_pretrained, save_pretrained
 from vla.policies.routing import LayerRouting
 
@@ -68,6 +69,29 @@ class Policy(nn.Module):
             return None
         slots = {k: tuple(tuple(s) for s in v) for k, v in norm.slots.items()}
         return EmbodimentTable(tuple(norm.names), slots)
+
+    # --- batches ----------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        first = next(self.parameters(), None)
+        return torch.device("cpu") if first is None else first.device
+
+    def _to_device(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        dev = self.device
+        return {k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def _batch_size(self, batch: Mapping[str, Any]) -> int:
+        for key in (*self.config.camera_keys, STATE_KEY, "action"):
+            if key in batch:
+                return int(batch[key].shape[0])
+        if isinstance(batch.get("task"), list | tuple):
+            return len(batch["task"])
+        raise PolicyError("cannot tell the batch size: no camera, state, action or task in the batch")
+
+    def _tasks(self, batch: Mapping[str, Any]) -> list[str]:
+        """The batch's instructions, one per row ("" when it has none)."""
+        tasks, rows = batch.get("task"), self._batch_size(batch)
+        return [""] * rows if tasks is None else ([tasks] * rows if isinstance(tasks, str) else list(tasks))
 
     # --- the interface ----------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:  # pragma: no cover
@@ -138,3 +162,11 @@ class Policy(nn.Module):
     # --- accounting ------------------------------------------------------------------------------------
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Total parameters, those one routing unit (token or sequence) runs through ("active": the top_k
+        experts of each MoE layer), and the experts' and routers' shares."""
+        total = self.num_parameters()
+        moe = expert_parameters(self)
+        active = total - moe.experts + moe.active
+        return {"total": total, "active": active, "experts": moe.experts, "routers": moe.routers}

@@ -25,7 +25,7 @@ from vla.datasets import slots as slotlib
 from vla.eval.planners import PolicyPlanner
 from vla.policies import PolicyError, available_policies, get_policy
 from vla.policies.himoe import HiMoEConfig, HiMoEPolicy
-from vla.policies.himoe.configuration_himoe import PAPER_PATTERN, moh_overrides
+from vla.policies.himoe.configuration_himoe import PAPER_PATTERN
 from vla.policies.modules.hier_moe import ActionSpaceMoE, DenseMLP, HBMoE
 from vla.policies.policy import Policy
 from vla.policies.routing import LayerRouting
@@ -198,7 +198,7 @@ def test_one_horizon_wrapper_equals_the_plain_head_and_moh_trains():
     assert torch.allclose(wrapped.predict_chunk(batch, noise=noise), plain.predict_chunk(batch, noise=noise), atol=1e-6)
     assert len(wrapped.last_horizons) == plain.config.num_steps  # fused at every Euler step
 
-    cfg = slot_config(**moh_overrides((2, 4, 6)))
+    cfg = slot_config(**HiMoEConfig.moh_overrides((2, 4, 6)))
     assert cfg.horizons == (2, 4, 6) and cfg.chunk_size == 6
     moh = make_policy(cfg).train()
     train_batch = make_slot_batch(cfg, [0, 1, 1])
@@ -262,7 +262,7 @@ def test_dynamic_inference_with_a_mixture_of_horizons():
     from vla.policies.modules.horizons import disagreement, dynamic_horizon
 
     hs = (2, 4, 6, 8, 10, 12)
-    cfg = tiny_config(**moh_overrides(hs), dynamic_min_steps=2, dynamic_stop_cover=1)
+    cfg = tiny_config(**HiMoEConfig.moh_overrides(hs), dynamic_min_steps=2, dynamic_stop_cover=1)
     with pytest.raises(PolicyError, match="dynamic_ratio needs a mixture"):
         tiny_config(dynamic_ratio=1.2)
     policy = make_policy(cfg).eval()

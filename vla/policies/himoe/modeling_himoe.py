@@ -38,14 +38,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vla.datasets import slots as slotlib
 from vla.datasets.normalize import MultiNormalizer
 from vla.errors import PolicyError
+from vla.keys import STATE_KEY
 from vla.policies.himoe.conditioning import build_backbone
 from vla.policies.himoe.configuration_himoe import HiMoEConfig
+from vla.policies.modules.attention import Attention
+from vla.policies.modules.conditioning import camera_frames
 from vla.policies.modules.flow import FlowMatching, FlowSettings, euler_times, interpolate
 from vla.policies.modules.hier_moe import (
     ActionSpaceMoE,
@@ -64,12 +66,10 @@ from vla.policies.modules.horizons import (
     disagreement,
     mixture_loss,
 )
+from vla.policies.modules.init import init_linear_weights
 from vla.policies.modules.moe import Routing, dense_routing_weights
-from vla.policies.modules.vision import to_float_images
 from vla.policies.policy import Policy
 from vla.policies.routing import LayerRouting
-
-STATE_KEY = "observation.state"
 
 
 @dataclass
@@ -82,31 +82,6 @@ class LayerRecord:
     logits: torch.Tensor | None = None  # AS-MoE router logits (B, T, E)
 
 
-class Attention(nn.Module):
-    """Multi-head attention with RMS-normalised queries and keys; self- or cross-attention."""
-
-    def __init__(self, dim: int, n_heads: int, dropout: float, cross: bool = False):
-        super().__init__()
-        self.n_heads = n_heads
-        self.q = nn.Linear(dim, dim, bias=False)
-        self.kv = nn.Linear(dim, 2 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim, bias=False)
-        self.q_norm = nn.RMSNorm(dim // n_heads, eps=1e-6)
-        self.k_norm = nn.RMSNorm(dim // n_heads, eps=1e-6)
-        self.dropout = dropout
-
-    def forward(self, x: torch.Tensor, source: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """`mask` broadcastable to (B, heads, T, S), True = may attend."""
-        b, t, d = x.shape
-        h = self.n_heads
-        q = self.q(x).view(b, t, h, d // h).transpose(1, 2)
-        k, v = self.kv(source).view(b, source.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(
-            self.q_norm(q), self.k_norm(k), v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.proj(y.transpose(1, 2).reshape(b, t, d))
-
-
 class HiMoEBlock(nn.Module):
     def __init__(self, config: HiMoEConfig, kind: str, route_dim: int):
         super().__init__()
@@ -114,7 +89,7 @@ class HiMoEBlock(nn.Module):
         self.kind = kind
         self.norm1, self.norm2, self.norm3 = (nn.RMSNorm(d, eps=1e-6) for _ in range(3))
         self.attn = Attention(d, config.n_heads, config.attn_dropout)
-        self.cross = Attention(d, config.n_heads, config.attn_dropout, cross=True)
+        self.cross = Attention(d, config.n_heads, config.attn_dropout)
         self.ffn: nn.Module
         if kind == "action_space":
             self.ffn = ActionSpaceMoE(d, config.as_hidden, config.as_experts, route_dim, config.as_top_k, False)
@@ -140,7 +115,7 @@ class HiMoEBlock(nn.Module):
         attn_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, Routing | None, torch.Tensor | None]:
         h = self.norm1(x)
-        x = x + self.attn(h, h, attn_mask)
+        x = x + self.attn(h, mask=attn_mask)
         x = x + self.cross(self.norm2(x), cond, cond_mask)
         h = self.norm3(x)
         if isinstance(self.ffn, ActionSpaceMoE):
@@ -173,7 +148,7 @@ class ActionTransformer(nn.Module):
         self.blocks = nn.ModuleList(HiMoEBlock(config, kind, route_dim) for kind in config.layer_kinds)
         self.norm = nn.RMSNorm(d, eps=1e-6)
         self.action_out = nn.Linear(d, config.action_dim)
-        self.apply(_init_weights)
+        init_linear_weights(self)
         nn.init.normal_(self.pos_emb, std=0.02)
 
     def hidden(
@@ -201,13 +176,6 @@ class ActionTransformer(nn.Module):
             if routing is not None and records is not None:
                 records.append(LayerRecord(i, block.kind, routing, logits))
         return self.norm(x[:, 1:])
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
 
 
 @dataclass
@@ -261,22 +229,6 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
         cfg = self.config
         return FlowMatching(FlowSettings(cfg.time_sampler, cfg.beta_alpha, cfg.num_steps))
 
-    @property
-    def device(self) -> torch.device:
-        return self.transformer.pos_emb.device
-
-    def _to_device(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        dev = self.device
-        return {k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-    def _batch_size(self, batch: Mapping[str, Any]) -> int:
-        for key in (*self.config.camera_keys, STATE_KEY, "action"):
-            if key in batch:
-                return int(batch[key].shape[0])
-        if isinstance(batch.get("task"), list | tuple):
-            return len(batch["task"])
-        raise PolicyError("cannot tell the batch size: no camera, state, action or task in the batch")
-
     def _embodiment_ids(self, batch: Mapping[str, Any], b: int) -> torch.Tensor:
         ids = batch.get("embodiment_id")
         if ids is None:
@@ -323,17 +275,8 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
         b = self._batch_size(batch)
         ids = self._embodiment_ids(batch, b)
         size = cfg.image_size if cfg.backbone == "default" else None  # a VLM resizes to its own size
-        images = {}
-        for key in cfg.camera_keys:
-            if key not in batch:
-                raise PolicyError(f"the batch is missing camera {key!r}")
-            x = to_float_images(batch[key], size)
-            if x.dim() != 5 or x.shape[1] != cfg.n_obs:
-                raise PolicyError(f"{key!r} should be (B, n_obs={cfg.n_obs}, 3, H, W), got {tuple(x.shape)}")
-            images[key] = x.to(self.device)
-        tasks = batch.get("task")
-        tasks = [""] * b if tasks is None else ([tasks] * b if isinstance(tasks, str) else list(tasks))
-        tokens, valid = self.backbone(images, tasks)
+        images = {k: x.to(self.device) for k, x in camera_frames(batch, cfg.camera_keys, cfg.n_obs, size).items()}
+        tokens, valid = self.backbone(images, self._tasks(batch))
         cond = self.cond_proj(tokens.to(self.cond_proj.weight.dtype))
         cond = torch.cat([self.null_cond.expand(b, -1, -1), cond], dim=1)
         valid = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=cond.device), valid.to(cond.device)], dim=1)
@@ -516,24 +459,13 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
 
     # --- accounting -------------------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
-        """Total parameters, those used per token of the action network ("active"), and the parts."""
-        total = self.num_parameters()
-        experts = active_experts = routers = 0
-        for block in self.transformer.blocks:
-            moe = getattr(block.ffn, "moe", None)
-            if moe is None:
-                continue
-            per = sum(p.numel() for p in moe.experts[0].parameters())
-            experts += per * moe.n_experts
-            active_experts += per * moe.top_k
-            routers += sum(p.numel() for p in moe.router.parameters())
+        """As `Policy.parameter_counts` (per token of the action network), plus the conditioning backbone's
+        share and the action network's ("action_network", "action_network_active")."""
+        counts = super().parameter_counts()
         backbone = sum(p.numel() for p in self.backbone.parameters())
         return {
-            "total": total,
-            "active": total - experts + active_experts,
-            "action_network": total - backbone,
-            "action_network_active": total - backbone - experts + active_experts,
+            **counts,
+            "action_network": counts["total"] - backbone,
+            "action_network_active": counts["active"] - backbone,
             "backbone": backbone,
-            "experts": experts,
-            "routers": routers,
         }
