@@ -35,6 +35,13 @@ class EmbodimentTable:
         state = self.slots.get(STATE_KEY, ((),) * len(self.names))[e]
         return EmbodimentLayout(embodiment, e, tuple(state), tuple(self.slots[ACTION_KEY][e]))
 
+    def slot_mask(self, key: str, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(embodiments, 24) bool: the slots each robot uses for `key` (ACTION_KEY or STATE_KEY)."""
+        mask = torch.zeros(len(self.names), slotlib.NUM_SLOTS, dtype=torch.bool)
+        for e, idx in enumerate(self.slots[key]):
+            mask[e, list(idx)] = True
+        return mask.to(device)
+
 
 @dataclasses.dataclass(frozen=True)
 class EmbodimentLayout:
@@ -66,12 +73,16 @@ class EmbodimentLayout:
         """Native state (B, n_obs, D) -> slots; every row is this embodiment."""
         state = batch.get(STATE_KEY)
         if state is not None and state.shape[-1] != slotlib.NUM_SLOTS:
-            out = state.new_zeros((*state.shape[:-1], slotlib.NUM_SLOTS))
-            out[..., list(self.state_slots)] = state
-            batch[STATE_KEY] = out
+            batch[STATE_KEY] = self.state_to_slots(state)
         rows = len(batch["task"])
         batch["embodiment_id"] = torch.full((rows,), self.embodiment_id, dtype=torch.long)
         return batch
+
+    def state_to_slots(self, state: torch.Tensor) -> torch.Tensor:
+        """(..., D) native state -> (..., 24) in this robot's slots, zeros elsewhere."""
+        out = state.new_zeros((*state.shape[:-1], slotlib.NUM_SLOTS))
+        out[..., list(self.state_slots)] = state
+        return out
 
     def to_native(self, chunk: torch.Tensor) -> torch.Tensor:
         """(B, H, 24) slot-layout actions -> (B, H, D) in the robot's own layout."""

@@ -209,7 +209,7 @@ def test_one_horizon_wrapper_equals_the_plain_head_and_moh_trains():
     assert moh.moh.gate.weight.grad.abs().sum() > 0
     moh.eval()
     out = moh.predict_chunk(make_slot_batch(cfg, [1], with_action=False))
-    assert out.shape == (1, 6, 24) and moh.last_horizons[0].per_horizon.shape == (1, 3, 6, 24)
+    assert out.shape == (1, 6, 24) and moh.last_horizons.per_horizon[0].shape == (1, 3, 6, 24)
     assert moh_settings("himoe", "2-6:2") == {"horizons": (2, 4, 6), "chunk_size": 6, "n_action_steps": 6}
     assert moh_settings("mode", "2-6:2")["action_attention"] == "full"  # MoDE's switch is unchanged
 
@@ -259,7 +259,7 @@ def test_hf_vlm_backbone_plugs_in(tmp_path):
 
 
 def test_dynamic_inference_with_a_mixture_of_horizons():
-    from vla.policies.modules.horizons import disagreement, dynamic_horizon
+    from vla.policies.modules.horizons import dynamic_horizon
 
     hs = (2, 4, 6, 8, 10, 12)
     cfg = tiny_config(**HiMoEConfig.moh_overrides(hs), dynamic_min_steps=2, dynamic_stop_cover=1)
@@ -273,8 +273,9 @@ def test_dynamic_inference_with_a_mixture_of_horizons():
     assert policy.decides_horizon
     chunk, n = policy.predict_plan(batch, noise=fixed_noise(cfg, 3))
     assert len(policy.last_horizons) == cfg.num_steps  # the disagreement is summed over every Euler step
-    summed = torch.stack([disagreement(v) for v in policy.last_horizons]).sum(0)
+    summed = policy.last_horizons.disagreement
     assert n.tolist() == dynamic_horizon(summed, policy.moh.layout.cover_count, 1.3, 5, 2, 1).tolist()
+    assert torch.equal(policy.last_horizons.n_exec, n)
     assert all(2 <= k <= 12 for k in n.tolist()) and chunk.shape == (3, 12, 4)
     plan = PolicyPlanner(make_policy(cfg), dynamic_horizon=1.3).plan(native_frames(cfg, 2))
     assert plan.actions.shape == (2, 12, 4) and all(2 <= k <= 12 for k in plan.n_exec.tolist())

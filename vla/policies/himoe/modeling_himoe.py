@@ -23,10 +23,10 @@ each other (full attention): HorizonLayout's mask with one context token, so the
 Horizons wrapper (same mask, one horizon) equals the plain head exactly.
 
 Multi-embodiment data (action_dim == 24, the slot layout): the action-space identity and the loss
-mask come from the batch's `action_slot_mask` (training) or from the MultiNormalizer's per-embodiment
-slots and `embodiment_id` (inference); padded slots and padded chunk steps are excluded from the
-flow loss, and predictions there are zeroed. `predict_native` returns each row in its robot's own
-layout and units. With native (single-embodiment) data every dimension is real.
+mask come from the batch's `action_slot_mask` (training) or from the policy's embodiment table
+(`policy.embodiments`, each robot's slots) and `embodiment_id` (inference); padded slots and padded
+chunk steps are excluded from the flow loss, and predictions there are zeroed. `predict_native`
+returns each row in its robot's own layout and units. With native (single-embodiment) data every dimension is real.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ import torch
 from torch import nn
 
 from vla.datasets import slots as slotlib
-from vla.datasets.normalize import MultiNormalizer
 from vla.errors import PolicyError
 from vla.keys import STATE_KEY
 from vla.policies.himoe.conditioning import build_backbone
@@ -62,8 +61,8 @@ from vla.policies.modules.horizons import (
     DynamicHorizonPolicy,
     HorizonLayout,
     HorizonOutput,
+    HorizonTrace,
     MixtureOfHorizons,
-    disagreement,
     mixture_loss,
 )
 from vla.policies.modules.init import init_linear_weights
@@ -211,7 +210,7 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
             else None
         )
         self._single_layout = HorizonLayout((config.chunk_size,), 1, "full")
-        self.last_horizons: list[HorizonOutput] = []  # the fused MoH outputs of the last sampling run
+        self.last_horizons: HorizonTrace | None = None  # what the last MoH sampling run saw (inspectable)
 
     # --- pieces -------------------------------------------------------------------------------------
     @property
@@ -243,30 +242,29 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
         batch_key = "action_slot_mask" if key == "action" else "state_slot_mask"
         if batch_key in batch:
             return torch.as_tensor(batch[batch_key], device=self.device).bool().reshape(b, dim)
-        if isinstance(self.normalizer, MultiNormalizer) and key in self.normalizer.tables:
-            table = torch.as_tensor(self.normalizer.tables[key][2], device=self.device)
-            return table[ids].bool()
+        table = self.embodiments
+        if table is not None and key in table.slots:
+            return table.slot_mask(key, self.device)[ids]
         return torch.ones(b, dim, dtype=torch.bool, device=self.device)
 
     def _state_slots(self, state: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """A native-layout state (from a robot or simulator) -> the slot layout, by embodiment."""
         if state.shape[-1] == slotlib.NUM_SLOTS or not self.uses_slots:
             return state
-        if not isinstance(self.normalizer, MultiNormalizer) or STATE_KEY not in self.normalizer.slots:
+        table = self.embodiments
+        if table is None or STATE_KEY not in table.slots:
             raise PolicyError(
                 f"observation.state has {state.shape[-1]} values but this policy reads the "
                 f"{slotlib.NUM_SLOTS}-slot layout and has no per-embodiment slots to place it"
             )
         out = state.new_zeros(*state.shape[:-1], slotlib.NUM_SLOTS)
         for e in ids.unique().tolist():
-            slots = self.normalizer.slots[STATE_KEY][e]
-            if len(slots) != state.shape[-1]:
-                name = self.normalizer.names[e]
-                raise PolicyError(f"{name}: observation.state has {state.shape[-1]} values, expected {len(slots)}")
+            layout = table.layout(table.names[e])
+            if layout.state_dim != state.shape[-1]:
+                n = len(layout.state_slots)
+                raise PolicyError(f"{layout.name}: observation.state has {state.shape[-1]} values, expected {n}")
             rows = (ids == e).nonzero().squeeze(-1)
-            placed = out[rows]
-            placed[..., torch.as_tensor(slots, device=state.device)] = state[rows]
-            out[rows] = placed
+            out[rows] = layout.state_to_slots(state[rows])
         return out
 
     def encode(self, batch: Mapping[str, Any]) -> Encoded:
@@ -387,49 +385,37 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, chunk_size, action_dim) actions in raw units; padded slots are exactly 0."""
+        """(B, chunk_size, action_dim) actions in raw units; padded slots are exactly 0. A mixture of
+        horizons leaves its `HorizonTrace` in `last_horizons`."""
         cfg = self.config
         batch = self._to_device(batch)
         enc = self.encode(batch)
-        self.last_horizons = []
+        trace = HorizonTrace() if self.moh is not None else None
 
         def net(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             v = self.velocity(enc, x_t, t)
             if isinstance(v, HorizonOutput):
-                self.last_horizons.append(v)
+                assert trace is not None
+                trace.add(v)
                 return v.fused
             return v
 
         shape = (enc.cond.shape[0], cfg.chunk_size, cfg.action_dim)
         x = self.flow.sample(net, shape, self.device, num_steps, generator, noise)
+        self.last_horizons = trace
         x = self.unnormalize("action", x, enc.embodiment_id)
         return torch.where(enc.action_mask[:, None, :], x, torch.zeros_like(x))
 
     @torch.no_grad()
-    def predict_plan(
-        self,
-        batch: Mapping[str, Any],
-        num_steps: int | None = None,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chunk, n_exec (B,)): with a mixture of horizons and `dynamic_ratio` set, how many steps to
-        execute comes from the horizons' disagreement summed over the Euler steps (dynamic inference)."""
-        chunk = self.predict_chunk(batch, num_steps, generator, noise)
-        score = None
-        if self.last_horizons:
-            score = torch.stack([disagreement(v) for v in self.last_horizons]).sum(0)
-        return chunk, self.dynamic_n_exec(score, chunk.shape[0])
-
-    @torch.no_grad()
     def predict_native(self, batch: Mapping[str, Any], **kwargs: Any) -> list[np.ndarray]:
         """Per row, the chunk (H, D_e) in its robot's native layout and units (the slots it uses)."""
-        chunk = self.predict_chunk(batch, **kwargs).cpu().numpy()
+        chunk = self.predict_chunk(batch, **kwargs).cpu()
         b = chunk.shape[0]
         ids = self._embodiment_ids(self._to_device(batch), b).cpu().tolist()
-        if not self.uses_slots or not isinstance(self.normalizer, MultiNormalizer):
-            return [chunk[i] for i in range(b)]
-        return [slotlib.from_slots(chunk[i], self.normalizer.slots["action"][e]) for i, e in enumerate(ids)]
+        table = self.embodiments
+        if not self.uses_slots or table is None:
+            return [chunk[i].numpy() for i in range(b)]
+        return [table.layout(table.names[e]).to_native(chunk[i]).numpy() for i, e in enumerate(ids)]
 
     # --- routing inspection ---------------------------------------------------------------------------
     def routing_levels(self) -> tuple[torch.Tensor, str]:

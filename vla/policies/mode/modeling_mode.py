@@ -24,7 +24,6 @@ Each block: x = x + Attn(Norm(x) + c); x = x + FFN(Norm(x)), with FFN a sparse M
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,8 +40,8 @@ from vla.policies.modules.horizons import (
     DynamicHorizonPolicy,
     HorizonLayout,
     HorizonOutput,
+    HorizonTrace,
     MixtureOfHorizons,
-    disagreement,
     mixture_loss,
 )
 from vla.policies.modules.init import init_linear_weights
@@ -313,42 +312,8 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, chunk_size, action_dim) actions in raw units. `noise` (B, H, A) fixes the initial noise."""
-        return self._sample(batch, num_steps, generator, noise)[0]
-
-    @torch.no_grad()
-    def predict_plan(
-        self,
-        batch: Mapping[str, Any],
-        num_steps: int | None = None,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chunk (B, H, A), n_exec (B,)): how many actions of each row's chunk to execute.
-
-        With a mixture of horizons and `dynamic_ratio` set, n_exec comes from the horizons' consensus
-        (dynamic inference); otherwise it is `n_action_steps` for every row."""
-        cfg = self.config
-        chunk, trace = self._sample(batch, num_steps, generator, noise)
-        n_exec = self.dynamic_n_exec(None if trace is None else trace.disagreement, chunk.shape[0])
-        if trace is not None and cfg.dynamic_ratio is not None:
-            trace.n_exec = n_exec
-        return chunk, n_exec
-
-    @property
-    def decides_horizon(self) -> bool:
-        """As DynamicHorizonPolicy's, and True for a subclass with its own `predict_plan`."""
-        if type(self).predict_plan is not MoDEPolicy.predict_plan:
-            return True
-        return DynamicHorizonPolicy.decides_horizon.fget(self)  # type: ignore[attr-defined]
-
-    def _sample(
-        self,
-        batch: Mapping[str, Any],
-        num_steps: int | None,
-        generator: torch.Generator | None,
-        noise: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, HorizonTrace | None]:
+        """(B, chunk_size, action_dim) actions in raw units. `noise` (B, H, A) fixes the initial noise; a
+        mixture of horizons leaves its `HorizonTrace` in `last_horizons`."""
         cfg = self.config
         steps = num_steps or cfg.num_sampling_steps
         context = self.encode_observations(batch)
@@ -366,7 +331,7 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
         shape = (context.shape[0], cfg.chunk_size, cfg.action_dim)
         x = self.edm.sample(net, shape, steps, self.device, generator, noise)
         self.last_horizons = trace
-        return self.unnormalize("action", x, self._to_device(batch).get("embodiment_id")), trace
+        return self.unnormalize("action", x, self._to_device(batch).get("embodiment_id"))
 
     # --- expert caching -------------------------------------------------------------------------------
     def cache_experts(self, dtype: str = "float32", fold: str = "scale", num_steps: int | None = None) -> ExpertCache:
@@ -450,24 +415,6 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
         no router runs."""
         counts = super().parameter_counts()
         return {**counts, "active_cached": counts["active"] - counts["routers"]}
-
-
-@dataclass
-class HorizonTrace:
-    """One MoH sampling run, kept for inspection: per sampling step the fusion weights (B, n_h, H) and
-    the per-horizon denoiser outputs (B, n_h, H, A); the disagreement summed over steps (B, H); and
-    the executed steps per row when dynamic inference chose them."""
-
-    weights: list[torch.Tensor] = field(default_factory=list)
-    per_horizon: list[torch.Tensor] = field(default_factory=list)
-    disagreement: torch.Tensor | None = None
-    n_exec: torch.Tensor | None = None
-
-    def add(self, out: HorizonOutput) -> None:
-        self.weights.append(out.weights.detach())
-        self.per_horizon.append(out.per_horizon.detach())
-        d = disagreement(out).detach()
-        self.disagreement = d if self.disagreement is None else self.disagreement + d
 
 
 def _usage(routings: list[Routing]) -> dict[str, float]:

@@ -289,6 +289,28 @@ def disagreement(out: HorizonOutput) -> torch.Tensor:
     return (out.weights * dist * out.cover.unsqueeze(0)).sum(1)
 
 
+@dataclass
+class HorizonTrace:
+    """One mixture-of-horizons sampling run, kept for inspection (`policy.last_horizons`): per sampling step
+    the fusion weights (B, n_h, H) and the per-horizon outputs (B, n_h, H, A); the disagreement summed
+    over the steps (B, H); and the executed steps per row when dynamic inference chose them."""
+
+    weights: list[torch.Tensor] = field(default_factory=list)
+    per_horizon: list[torch.Tensor] = field(default_factory=list)
+    disagreement: torch.Tensor | None = None
+    n_exec: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        """The sampling steps recorded."""
+        return len(self.weights)
+
+    def add(self, out: HorizonOutput) -> None:
+        self.weights.append(out.weights.detach())
+        self.per_horizon.append(out.per_horizon.detach())
+        d = disagreement(out).detach()
+        self.disagreement = d if self.disagreement is None else self.disagreement + d
+
+
 def dynamic_horizon(
     score: torch.Tensor,
     cover_count: torch.Tensor,
@@ -313,9 +335,31 @@ def dynamic_horizon(
 
 class DynamicHorizonPolicy:
     """Dynamic inference for a policy with a mixture of horizons (`self.moh`) whose config carries
-    `dynamic_ratio/window/min_steps/stop_cover`: `n_exec` from the horizons' accumulated disagreement,
-    `set_dynamic_horizon`, and `select_action` queueing the chosen number of steps. Mixed into the
-    policy class before `Policy`."""
+    `dynamic_ratio/window/min_steps/stop_cover` and whose `predict_chunk` leaves the run's `HorizonTrace`
+    in `self.last_horizons` (None without a mixture): `predict_plan`, `n_exec` from the horizons'
+    accumulated disagreement, `set_dynamic_horizon`, and `select_action` queueing the chosen number of
+    steps. Mixed into the policy class before `Policy`."""
+
+    last_horizons: HorizonTrace | None = None
+
+    @torch.no_grad()
+    def predict_plan(
+        self,
+        batch: Mapping[str, Any],
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chunk (B, H, A), n_exec (B,)): how many actions of each row's chunk to execute.
+
+        With a mixture of horizons and `dynamic_ratio` set, n_exec comes from the horizons' disagreement
+        summed over the sampling steps (dynamic inference); otherwise it is `n_action_steps` for every row."""
+        chunk = self.predict_chunk(batch, num_steps, generator, noise)  # type: ignore[attr-defined]
+        trace = self.last_horizons
+        n_exec = self.dynamic_n_exec(None if trace is None else trace.disagreement, chunk.shape[0])
+        if trace is not None and self.config.dynamic_ratio is not None:  # type: ignore[attr-defined]
+            trace.n_exec = n_exec
+        return chunk, n_exec
 
     def dynamic_n_exec(self, score: torch.Tensor | None, rows: int) -> torch.Tensor:
         """(B,) steps to execute: the consensus when dynamic inference is on, else n_action_steps."""
@@ -329,7 +373,10 @@ class DynamicHorizonPolicy:
 
     @property
     def decides_horizon(self) -> bool:
-        """Whether `predict_plan` picks the number of executed steps (MoH with dynamic inference on)."""
+        """Whether `predict_plan` picks the number of executed steps: MoH with dynamic inference on, or a
+        subclass with its own `predict_plan`."""
+        if type(self).predict_plan is not DynamicHorizonPolicy.predict_plan:
+            return True
         return self.moh is not None and self.config.dynamic_ratio is not None  # type: ignore[attr-defined]
 
     def set_dynamic_horizon(self, ratio: float | None) -> None:
