@@ -47,7 +47,7 @@ from vla.policies.himoe.conditioning import build_backbone
 from vla.policies.himoe.configuration_himoe import HiMoEConfig
 from vla.policies.modules.attention import Attention
 from vla.policies.modules.conditioning import camera_frames
-from vla.policies.modules.flow import FlowMatching, FlowSettings, euler_times, interpolate
+from vla.policies.modules.flow import FlowMatching, FlowSettings, euler_times
 from vla.policies.modules.hier_moe import (
     ActionSpaceMoE,
     DenseMLP,
@@ -332,21 +332,21 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
         records: list[LayerRecord] = []
         info: dict[str, float] = {}
         if self.moh is not None:
-            t = self.flow.sample_times(actions.shape[0], actions.device)
-            noise = torch.randn(actions.shape, device="cpu").to(actions)
-            x_t, target = interpolate(actions, noise, t)
-            out = self.velocity(enc, x_t, t, records)
+            inputs = self.flow.training_inputs(actions)
+            out = self.velocity(enc, inputs.x_in, inputs.noise_cond, records)
             assert isinstance(out, HorizonOutput)
-            flow_loss, info = mixture_loss(out, target, mask, cfg.moh_horizon_loss_weight, cfg.moh_balance_weight)
-            info["t_mean"] = float(t.mean())
+            flow_loss, info = mixture_loss(
+                out, inputs.target, mask, cfg.moh_horizon_loss_weight, cfg.moh_balance_weight
+            )
+            info.update(inputs.info)
         else:
 
-            def net(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            def net(x_t: torch.Tensor, t: torch.Tensor, step: int | None) -> torch.Tensor:
                 v = self.velocity(enc, x_t, t, records)
                 assert isinstance(v, torch.Tensor)
                 return v
 
-            flow_loss, info = self.flow.loss(net, actions, mask)
+            flow_loss, info = self.flow.network_loss(net, actions, mask)
         supcon, balance = self.routing_losses(records, enc)
         loss = flow_loss + cfg.supcon_weight * supcon + cfg.balance_weight * balance
         info = {
@@ -392,7 +392,7 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
         enc = self.encode(batch)
         trace = HorizonTrace() if self.moh is not None else None
 
-        def net(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def net(x_t: torch.Tensor, t: torch.Tensor, step: int | None) -> torch.Tensor:
             v = self.velocity(enc, x_t, t)
             if isinstance(v, HorizonOutput):
                 assert trace is not None
@@ -401,7 +401,7 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
             return v
 
         shape = (enc.cond.shape[0], cfg.chunk_size, cfg.action_dim)
-        x = self.flow.sample(net, shape, self.device, num_steps, generator, noise)
+        x = self.flow.sample(net, shape, num_steps, self.device, generator, noise)
         self.last_horizons = trace
         x = self.unnormalize("action", x, enc.embodiment_id)
         return torch.where(enc.action_mask[:, None, :], x, torch.zeros_like(x))
@@ -433,7 +433,7 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
             enc = self.encode(batch)
             actions = self.normalize("action", batch["action"].float(), enc.embodiment_id)
             t = torch.as_tensor(level, device=self.device).float().reshape(-1).expand(actions.shape[0])
-            x_t, _ = interpolate(actions, torch.randn_like(actions), t)
+            x_t = self.flow.training_inputs(actions, level=t, noise=torch.randn_like(actions)).x_in
             records: list[LayerRecord] = []
             self.velocity(enc, x_t, t, records)
         finally:

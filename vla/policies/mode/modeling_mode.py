@@ -249,7 +249,7 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
                 routings.extend(r)
                 return out
 
-            diffusion_loss, info = self.edm.loss(net, actions, mask)
+            diffusion_loss, info = self.edm.network_loss(net, actions, mask)
         loss = diffusion_loss
         info = {"diffusion_loss": float(diffusion_loss.detach()), **info}
         if routings:
@@ -288,20 +288,17 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
     def _moh_loss(
         self, actions: torch.Tensor, mask: torch.Tensor | None, context: torch.Tensor, routings: list[Routing]
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """EDM's denoising loss (as `EDM.loss` draws it) on the fused output, plus the per-horizon
-        losses and the horizon balance term (`mixture_loss`)."""
-        cfg, edm = self.config, self.edm
-        sigma = edm.sample_training_sigmas(actions.shape[0], actions.device)
-        noise = torch.randn(actions.shape, device="cpu").to(actions)
-        sigma = sigma.to(actions)
-        s = sigma.reshape(-1, 1, 1)
-        c_skip, c_out = (c.reshape(-1, 1, 1) for c in edm.scalings(sigma))
-        noised = actions + noise * s
-        x_in = noised / (s**2 + cfg.sigma_data**2).sqrt()  # EDM's c_in
-        out = self._horizon_outputs(x_in, edm.noise_cond(sigma), context, routings=routings)
-        target = (actions - c_skip * noised) / c_out
-        loss, info = mixture_loss(out, target, mask, cfg.moh_horizon_loss_weight, cfg.moh_balance_weight)
-        return loss, {"sigma_mean": float(sigma.mean()), **info}
+        """EDM's denoising loss on the fused output, plus the per-horizon losses and the horizon balance
+        term (`mixture_loss`)."""
+        cfg = self.config
+        inputs = self.edm.training_inputs(actions)
+        # c_in as a division, as this loss has always computed it: `inputs.x_in` (diffusers) multiplies by
+        # the reciprocal, which differs in the last bit and would change trained MoH weights.
+        s = inputs.level.reshape(-1, 1, 1)
+        x_in = inputs.noised / (s**2 + cfg.sigma_data**2).sqrt()
+        out = self._horizon_outputs(x_in, inputs.noise_cond, context, routings=routings)
+        loss, info = mixture_loss(out, inputs.target, mask, cfg.moh_horizon_loss_weight, cfg.moh_balance_weight)
+        return loss, {**inputs.info, **info}
 
     # --- inference ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -393,10 +390,9 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
             batch = self._to_device(batch)
             actions = self.normalize("action", batch["action"].float(), batch.get("embodiment_id"))
             context = self.encode_observations(batch)
-            sigma = level.to(actions).reshape(-1, 1, 1)
-            noised = actions + torch.randn_like(actions) * sigma
-            x_in = noised / (sigma**2 + self.config.sigma_data**2).sqrt()
-            noise_cond = self.edm.noise_cond(sigma.reshape(-1))
+            # the noise router reads only the noise level: the noisy chunk does not change the routing
+            inputs = self.edm.training_inputs(actions, level=level, noise=torch.randn_like(actions))
+            x_in, noise_cond = inputs.x_in, inputs.noise_cond
             if self.moh is not None:
                 routings: list[Routing] = []
                 self._horizon_outputs(x_in, noise_cond, context, routings=routings)

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vla.policies.modules.objective import masked_mean
+
 ACTION_ATTENTION = ("causal", "full")
 DEFAULT_HORIZONS: tuple[int, ...] = tuple(range(3, 31, 3))
 
@@ -239,19 +241,13 @@ class MixtureOfHorizons(nn.Module):
         return HorizonOutput(fused, per_horizon, weights, cover, logits)
 
 
-def _masked_mean(err: torch.Tensor, mask: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    # `where`, not a product: a non-finite value at a masked entry must not reach the mean or its gradient
-    m = mask.bool().expand_as(err)
-    return torch.where(m, err, torch.zeros_like(err)).sum(dims) / m.to(err.dtype).sum(dims).clamp_min(1)
-
-
 def balance_loss(weights: torch.Tensor, cover: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Squared coefficient of variation of the horizons' usage: the mean fusion weight of each horizon
     over the steps it covers (and the valid steps of the batch). 0 when every horizon is used alike."""
     mask = cover.unsqueeze(0).expand_as(weights)
     if valid is not None:
         mask = mask & valid.unsqueeze(1)
-    usage = _masked_mean(weights, mask, (0, 2))  # (n_h,)
+    usage = masked_mean(weights, mask, (0, 2))  # (n_h,)
     if usage.numel() < 2:
         return usage.sum() * 0
     return usage.var(unbiased=False) / usage.mean().pow(2).clamp_min(1e-12)
@@ -273,9 +269,9 @@ def mixture_loss(
     valid_steps = torch.ones(b, h, dtype=torch.bool, device=target.device) if valid is None else valid.bool()
     valid_elems = valid_steps if valid_steps.dim() == 3 else valid_steps.unsqueeze(-1)  # (B, H, A or 1)
     valid_steps = valid_elems.any(-1)
-    fused = _masked_mean((out.fused - target).pow(2), valid_elems, (0, 1, 2))
+    fused = masked_mean((out.fused - target).pow(2), valid_elems, (0, 1, 2))
     mask = out.cover[None, :, :, None] & valid_elems.unsqueeze(1)  # (B, n_h, H, A or 1)
-    per = _masked_mean((out.per_horizon - target.unsqueeze(1)).pow(2), mask, (0, 2, 3))  # (n_h,)
+    per = masked_mean((out.per_horizon - target.unsqueeze(1)).pow(2), mask, (0, 2, 3))  # (n_h,)
     balance = balance_loss(out.weights, out.cover, valid_steps)
     loss = fused + horizon_weight * per.sum() + balance_weight * balance
     info = {"fused_loss": float(fused.detach()), "horizon_loss": float(per.sum().detach())}
