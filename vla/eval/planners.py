@@ -133,9 +133,7 @@ class PolicyPlanner:
 
     @property
     def multi_embodiment(self) -> bool:
-        from vla.datasets.normalize import MultiNormalizer
-
-        return isinstance(self.policy.normalizer, MultiNormalizer)
+        return self.policy.embodiments is not None
 
     @property
     def decides_horizon(self) -> bool:

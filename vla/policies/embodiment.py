@@ -1,4 +1,5 @@
-"""Where one robot's native vectors sit in a multi-embodiment (24-slot) policy's layout."""
+"""The robots a multi-embodiment (24-slot) policy was trained on (`EmbodimentTable`, the policy's
+`embodiments`, saved with its checkpoint) and where one robot's native vectors sit (`EmbodimentLayout`)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,19 @@ class EmbodimentTable:
 
     names: tuple[str, ...]
     slots: Mapping[str, tuple[tuple[int, ...], ...]]
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> EmbodimentTable:
+        """From `to_json()` output (or a mixture normaliser's saved `names` and `slots`)."""
+        names = tuple(str(n) for n in d["names"])
+        slots = {str(k): tuple(tuple(int(i) for i in s) for s in v) for k, v in d["slots"].items()}
+        for key, per_embodiment in slots.items():
+            if len(per_embodiment) != len(names):
+                raise ValueError(f"slots[{key!r}] has {len(per_embodiment)} entries for {len(names)} embodiments")
+        return cls(names, slots)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"names": list(self.names), "slots": {k: [list(s) for s in v] for k, v in self.slots.items()}}
 
     def layout(self, embodiment: str | None) -> EmbodimentLayout:
         if embodiment not in self.names:

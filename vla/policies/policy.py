@@ -5,7 +5,8 @@ info)`, `predict_chunk(batch) -> (B, H, A)` unnormalised actions, `select_action
 of the last chunk (`n_action_steps` executed per plan) and `reset()`, `save_pretrained(dir)` /
 `from_pretrained(dir)` (vla.policies.pretrained). Normalisation lives inside the policy (a `Normalizer` from
 vla.datasets.normalize, built from store statistics and saved with the checkpoint), so what the data loader
-gives and what the robot gets are raw units and nothing is normalised twice or forgotten.
+gives and what the robot gets are raw units and nothing is normalised twice or forgotten. A policy trained on
+a mixture of robots also carries its embodiment table (`embodiments`, saved with the checkpoint).
 """
 
 from __future__ import annotations
@@ -37,14 +38,25 @@ class Policy(nn.Module):
         super().__init__()
         self.config = config
         self.normalizer: Normalizer | MultiNormalizer = Normalizer({})
+        self._embodiments: EmbodimentTable | None = None
         if dataset_stats is not None:
             self.set_normalization(dataset_stats)
         self._action_queue: deque[torch.Tensor] = deque()
         self._obs_history: dict[str, deque[torch.Tensor]] = {}
 
     # --- normalisation seam -----------------------------------------------------------------------
-    def set_normalization(self, stats: Mapping[str, Mapping[str, Any]] | Normalizer | MultiNormalizer) -> None:
-        """Use store statistics (key -> {mean, std, min, max, q01, q99, ...}) or a ready normaliser."""
+    def set_normalization(
+        self,
+        stats: Mapping[str, Mapping[str, Any]] | Normalizer | MultiNormalizer,
+        embodiments: EmbodimentTable | None = None,
+    ) -> None:
+        """Use store statistics (key -> {mean, std, min, max, q01, q99, ...}) or a ready normaliser.
+
+        A mixture's per-embodiment `MultiNormalizer` makes this a multi-embodiment policy: `embodiments`
+        becomes its table of robots (by default the normaliser's embodiment names and slots)."""
+        if embodiments is None and isinstance(stats, MultiNormalizer):
+            embodiments = EmbodimentTable.from_json({"names": stats.names, "slots": stats.slots})
+        self._embodiments = embodiments
         if isinstance(stats, Normalizer | MultiNormalizer):
             self.normalizer = stats
             return
@@ -52,23 +64,15 @@ class Policy(nn.Module):
         self.normalizer = Normalizer.from_stats(stats, modes)
 
     def normalize(self, key: str, x: torch.Tensor, embodiment_id: torch.Tensor | None = None) -> torch.Tensor:
-        if isinstance(self.normalizer, MultiNormalizer):
-            return self.normalizer.normalize(key, x, embodiment_id)
-        return self.normalizer.normalize(key, x)
+        return self.normalizer.normalize(key, x, embodiment_id)
 
     def unnormalize(self, key: str, x: torch.Tensor, embodiment_id: torch.Tensor | None = None) -> torch.Tensor:
-        if isinstance(self.normalizer, MultiNormalizer):
-            return self.normalizer.unnormalize(key, x, embodiment_id)
-        return self.normalizer.unnormalize(key, x)
+        return self.normalizer.unnormalize(key, x, embodiment_id)
 
     @property
     def embodiments(self) -> EmbodimentTable | None:
         """The robots of a multi-embodiment (slot-layout) policy; None for a single-embodiment policy."""
-        norm = self.normalizer
-        if not isinstance(norm, MultiNormalizer):
-            return None
-        slots = {k: tuple(tuple(s) for s in v) for k, v in norm.slots.items()}
-        return EmbodimentTable(tuple(norm.names), slots)
+        return self._embodiments
 
     # --- batches ----------------------------------------------------------------------------------------
     @property

@@ -3,6 +3,8 @@ routing inspection, the Mixture-of-Horizons wrapper, the evaluation planner and 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from tests.policies.himoe.helpers import (
     CAM,
     EEF_SLOTS,
     JOINT_SLOTS,
+    STATE_SLOTS,
     fixed_noise,
     make_batch,
     make_policy,
@@ -24,10 +27,12 @@ from vla.cli.train import moh_settings
 from vla.datasets import slots as slotlib
 from vla.eval.planners import PolicyPlanner
 from vla.policies import PolicyError, available_policies, get_policy
+from vla.policies.embodiment import EmbodimentTable
 from vla.policies.himoe import HiMoEConfig, HiMoEPolicy
 from vla.policies.himoe.configuration_himoe import PAPER_PATTERN
 from vla.policies.modules.hier_moe import ActionSpaceMoE, DenseMLP, HBMoE
 from vla.policies.policy import Policy
+from vla.policies.pretrained import EMBODIMENTS_FILE
 from vla.policies.routing import LayerRouting
 
 
@@ -99,7 +104,23 @@ def test_save_load_round_trip_select_action_and_reset(tmp_path):
     loaded = Policy.from_pretrained(tmp_path / "ckpt").eval()
     assert isinstance(loaded, HiMoEPolicy) and loaded.config == policy.config
     assert torch.equal(loaded.predict_chunk(batch, noise=noise), before)
-    assert loaded.normalizer.names == ["eef_arm", "joint_arm"]
+    assert loaded.embodiments == policy.embodiments and loaded.embodiments.names == ("eef_arm", "joint_arm")
+    assert loaded.embodiments.layout("joint_arm").action_slots == JOINT_SLOTS
+
+
+def test_the_embodiment_table_is_explicit_and_older_checkpoints_still_have_it(tmp_path):
+    policy = make_policy(slot_config())
+    table = policy.embodiments
+    assert table is not None and table.slots["observation.state"] == STATE_SLOTS
+    assert make_policy(tiny_config()).embodiments is None  # one robot: no table
+    ckpt = policy.save_pretrained(tmp_path / "ckpt")
+    assert json.loads((ckpt / EMBODIMENTS_FILE).read_text()) == table.to_json()
+    (ckpt / EMBODIMENTS_FILE).unlink()  # written before the table had its own file
+    assert Policy.from_pretrained(ckpt).embodiments == table
+    renamed = EmbodimentTable(("arm_a", "arm_b"), table.slots)
+    policy.set_normalization(policy.normalizer, renamed)  # an explicit table wins over the normaliser's names
+    assert policy.embodiments == renamed
+    assert Policy.from_pretrained(policy.save_pretrained(tmp_path / "again")).embodiments == renamed
 
     native = make_policy(tiny_config(n_action_steps=3)).eval()
     obs = {CAM: torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8), "observation.state": torch.randn(2, 5)}
