@@ -1,13 +1,12 @@
 """Config of HiMoE, the hierarchical mixture-of-experts flow-matching action head.
 
-Defaults are the paper's action module (shared/reference/policies.md, section 2): 18 layers, layers
-0-1 and 16-17 Action-Space MoE (3 SwiGLU experts of hidden 4096, top-1, router from the slot mask,
-supervised-contrastive routing loss 0.002 at temperature 0.1), layers 2-5 and 12-15
-Heterogeneity-Balancing MoE (32 experts of hidden 1024, top-4 renormalised, + a shared expert,
-per-sequence balance loss 0.001), layers 6-11 dense GELU MLPs of hidden 4096; width 1024 with 8
-heads (pi0's action expert); chunk 10; flow matching with Beta(1.5, 1) times and 10 Euler steps.
-`from_preset("paper")` is exactly the defaults; `from_preset("cpu")` keeps one layer of each kind
-at a width that trains in seconds on two cores.
+Defaults are the HiMoE paper's action module: 18 layers, layers 0-1 and 16-17 Action-Space MoE (3
+SwiGLU experts of hidden 4096, top-1, router from the slot mask, supervised-contrastive routing loss
+0.002 at temperature 0.1), layers 2-5 and 12-15 Heterogeneity-Balancing MoE (32 experts of hidden
+1024, top-4 renormalised, + a shared expert, per-sequence balance loss 0.001), layers 6-11 dense GELU
+MLPs of hidden 4096; width 1024 with 8 heads (pi0's action expert); chunk 10; flow matching with
+Beta(1.5, 1) times and 10 Euler steps. `from_preset("paper")` is exactly the defaults;
+`from_preset("cpu")` keeps one layer of each kind at a width that trains in seconds on two cores.
 
 `layer_pattern` spells the depth layout, one letter per layer: "a" AS-MoE, "h" HB-MoE, "d" dense.
 Conditioning (`backbone`): "default" = a FiLM ResNet per camera + the offline MiniLM language

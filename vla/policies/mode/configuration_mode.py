@@ -1,14 +1,14 @@
 """Config of MoDE, the mixture-of-denoising-experts diffusion transformer policy.
 
-Defaults are the paper's values (see docs in shared/reference/policies.md, section 1);
-`from_preset("paper")` is exactly the defaults, `from_preset("cpu")` a small model for tests and
-laptops. `use_moe=False` gives the dense diffusion-transformer baseline from the same code (each
-sparse MoE FFN replaced by one SwiGLU FFN of the same per-expert width).
+Defaults are the MoDE paper's values; `from_preset("paper")` is exactly the defaults,
+`from_preset("cpu")` a small model for tests and laptops. `use_moe=False` gives the dense
+diffusion-transformer baseline from the same code (each sparse MoE FFN replaced by one SwiGLU FFN of
+the same per-expert width).
 
-Mixture of Horizons (policies.md section 3): `horizons=(3, 6, ..., 30)` predicts every horizon in one
-pass of the shared denoiser and fuses the denoiser outputs at every sampling step; it needs
-`action_attention="full"` (with causal attention a step's output would not depend on the horizon)
-and `chunk_size == max(horizons)`. `dynamic_ratio` turns on dynamic inference (the policy picks how
+Mixture of Horizons (vla.policies.modules.horizons): `horizons=(3, 6, ..., 30)` predicts every
+horizon in one pass of the shared denoiser and fuses the denoiser outputs at every sampling step; it
+needs `action_attention="full"` (with causal attention a step's output would not depend on the
+horizon) and `chunk_size == max(horizons)`. `dynamic_ratio` turns on dynamic inference (the policy picks how
 many steps of each chunk to execute, `predict_plan`).
 """
 

@@ -1,8 +1,8 @@
 """Mixture of Horizons (MoH): one action transformer predicts chunks of several lengths at once.
 
-See shared/reference/policies.md, section 3. The wrapper is objective-agnostic: it turns the
-action part of any policy whose action tokens go through a transformer (MoDE's denoiser, a
-flow-matching head, a one-step regression head) into a mixture of horizons:
+The wrapper is objective-agnostic: it turns the action part of any policy whose action tokens go
+through a transformer (MoDE's denoiser, a flow-matching head, a one-step regression head) into a
+mixture of horizons:
 
 - `HorizonLayout`: horizons {3, 6, ..., 30} by default. All horizons go through the shared
   transformer in ONE pass as one long sequence: [context tokens, segment of horizon h_1 (h_1
