@@ -92,6 +92,13 @@ class Policy(nn.Module):
             return len(batch["task"])
         raise PolicyError("cannot tell the batch size: no camera, state, action or task in the batch")
 
+    def _action_chunk(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The batch's raw action chunks (B, chunk_size, action_dim) as floats."""
+        actions, cfg = batch["action"], self.config
+        if actions.shape[1:] != (cfg.chunk_size, cfg.action_dim):
+            raise PolicyError(f"action should be (B, {cfg.chunk_size}, {cfg.action_dim}), got {tuple(actions.shape)}")
+        return actions.float()
+
     def _tasks(self, batch: Mapping[str, Any]) -> list[str]:
         """The batch's instructions, one per row ("" when it has none)."""
         tasks, rows = batch.get("task"), self._batch_size(batch)

@@ -321,11 +321,9 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self._to_device(batch)
         cfg = self.config
-        actions = batch["action"]
-        if actions.shape[1:] != (cfg.chunk_size, cfg.action_dim):
-            raise PolicyError(f"action should be (B, {cfg.chunk_size}, {cfg.action_dim}), got {tuple(actions.shape)}")
+        actions = self._action_chunk(batch)
         enc = self.encode(batch)
-        actions = self.normalize("action", actions.float(), enc.embodiment_id)
+        actions = self.normalize("action", actions, enc.embodiment_id)
         mask = enc.action_mask[:, None, :].expand(-1, cfg.chunk_size, -1)
         if "action_is_pad" in batch:
             mask = mask & ~batch["action_is_pad"].bool()[:, :, None]

@@ -233,10 +233,7 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self._to_device(batch)
         cfg = self.config
-        actions = batch["action"]
-        if actions.shape[1:] != (cfg.chunk_size, cfg.action_dim):
-            raise PolicyError(f"action should be (B, {cfg.chunk_size}, {cfg.action_dim}), got {tuple(actions.shape)}")
-        actions = self.normalize("action", actions.float(), batch.get("embodiment_id"))
+        actions = self.normalize("action", self._action_chunk(batch), batch.get("embodiment_id"))
         mask = ~batch["action_is_pad"] if "action_is_pad" in batch else None
         context = self.encode_observations(batch)
         routings: list[Routing] = []
