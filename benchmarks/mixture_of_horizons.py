@@ -92,14 +92,14 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    from vla.policies.mode.configuration_mode import moh_overrides
+    from vla.policies.mode import MoDEConfig
     from vla.policies.modules.horizons import parse_horizons
 
     t_all = time.perf_counter()
     args.store = ensure_store(args.store, args.seed)
     horizons = parse_horizons(args.horizons)
     fixed_ckpt, fixed_train_s = train_model("fixed", args, {})
-    moh_ckpt, moh_train_s = train_model("moh", args, moh_overrides(horizons))
+    moh_ckpt, moh_train_s = train_model("moh", args, MoDEConfig.moh_overrides(horizons))
     rows = [
         evaluate("fixed", fixed_ckpt, args, None),
         evaluate("moh", moh_ckpt, args, None),

@@ -226,3 +226,16 @@ def test_multi_normalizer_names_numpy_state_dict(stores):
         MultiNormalizer.from_datasets(parts, {"observation.images.front": "mean_std"})
     single = MultiNormalizer.from_datasets(parts[:1], {"action": "mean_std"})
     assert single.normalize("action", torch.zeros(2, slotlib.NUM_SLOTS)).shape == (2, slotlib.NUM_SLOTS)
+
+
+def test_both_normalisers_take_embodiment_ids(stores):
+    """One call shape for a caller that does not know which normaliser it holds; a single-embodiment
+    normaliser has nothing to choose and ignores the ids."""
+    parts = [WindowDataset(stores[k]) for k in ("eef", "joint")]
+    single = Normalizer.from_stats(parts[0].stats, {"action": "mean_std"})
+    x = torch.randn(2, 3, len(parts[0].stats["action"]["mean"]))
+    ids = torch.zeros(2, dtype=torch.long)
+    assert torch.equal(single.normalize("action", x, ids), single.normalize("action", x))
+    assert torch.equal(single.unnormalize("action", x, ids), single.unnormalize("action", x))
+    multi = MultiNormalizer.from_datasets(parts, {"action": "mean_std"})
+    assert "action" in multi and "observation.state" not in multi

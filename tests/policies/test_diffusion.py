@@ -84,7 +84,7 @@ def test_sampler_is_deterministic_given_noise():
 def test_loss_is_zero_for_the_oracle_and_respects_mask():
     edm = EDM()
     x0 = torch.randn(4, 10, 7) * 0.5
-    loss, info = edm.loss(_oracle_net(edm, x0), x0)
+    loss, info = edm.network_loss(_oracle_net(edm, x0), x0)
     assert loss.item() < 1e-8 and "sigma_mean" in info
     # a network wrong only on padded steps has zero masked loss
     mask = torch.ones(4, 10, dtype=torch.bool)
@@ -92,8 +92,8 @@ def test_loss_is_zero_for_the_oracle_and_respects_mask():
     wrong = x0.clone()
     wrong[:, 7:] += 1.0
     oracle = _oracle_net(edm, wrong)
-    masked, _ = edm.loss(oracle, x0, mask)
-    unmasked, _ = edm.loss(oracle, x0)
+    masked, _ = edm.network_loss(oracle, x0, mask)
+    unmasked, _ = edm.network_loss(oracle, x0)
     assert masked.item() < 1e-8 < unmasked.item()
 
 
@@ -101,7 +101,7 @@ def test_loss_target_has_unit_scale_for_zero_output():
     """With EDM preconditioning the target F has unit variance when data has std sigma_data."""
     edm = EDM()
     x0 = torch.randn(4096, 1, 1) * edm.settings.sigma_data
-    loss, _ = edm.loss(lambda x, c, s: torch.zeros_like(x), x0, generator=torch.Generator().manual_seed(0))
+    loss, _ = edm.network_loss(lambda x, c, s: torch.zeros_like(x), x0, generator=torch.Generator().manual_seed(0))
     assert loss.item() == pytest.approx(1.0, abs=0.1)
 
 

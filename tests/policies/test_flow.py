@@ -14,7 +14,6 @@ from vla.policies.modules.flow import (
     euler_sample,
     euler_times,
     interpolate,
-    masked_mse,
     sample_times,
 )
 
@@ -57,17 +56,17 @@ def test_euler_on_a_linear_field():
     noise = torch.randn(2, 3, 4, dtype=torch.float64)
     k = 0.7
     for steps in (1, 4, 10):
-        out = euler_sample(lambda x, t: k * x, noise, steps)
+        out = euler_sample(lambda x, t, step: k * x, noise, steps)
         assert torch.allclose(out, noise * (1 - k / steps) ** steps)  # each step x <- x - dt * k * x
-    fine = euler_sample(lambda x, t: k * x, noise, 2000)
+    fine = euler_sample(lambda x, t, step: k * x, noise, 2000)
     assert torch.allclose(fine, noise * math.exp(-k), rtol=1e-3)  # converges to the exact flow
     # the exact straight path: a constant velocity noise - x0 is integrated exactly in one step
     x0 = torch.randn_like(noise)
-    assert torch.allclose(euler_sample(lambda x, t: noise - x0, noise, 3), x0)
+    assert torch.allclose(euler_sample(lambda x, t, step: noise - x0, noise, 3), x0)
     assert torch.allclose(euler_times(4), torch.tensor([1.0, 0.75, 0.5, 0.25]))
-    seen = []
-    euler_sample(lambda x, t: seen.append(float(t[0])) or x * 0, noise, 5)
-    assert seen == pytest.approx(euler_times(5).tolist())
+    seen, steps = [], []
+    euler_sample(lambda x, t, step: seen.append(float(t[0])) or steps.append(step) or x * 0, noise, 5)
+    assert seen == pytest.approx(euler_times(5).tolist()) and steps == [0, 1, 2, 3, 4]
 
 
 def test_masked_loss_ignores_masked_elements_exactly():
@@ -75,15 +74,17 @@ def test_masked_loss_ignores_masked_elements_exactly():
     pred = torch.randn(2, 5, 6, generator=g, requires_grad=True)
     target = torch.randn(2, 5, 6, generator=g)
     mask = torch.rand(2, 5, 6, generator=g) > 0.4
-    loss = masked_mse(pred, target, mask)
+    loss = FlowMatching().loss(pred, target, mask)
     assert torch.allclose(loss, ((pred - target)[mask] ** 2).mean())  # mean over the real elements only
     loss.backward()
     assert torch.all(pred.grad[~mask] == 0) and torch.all(pred.grad[mask] != 0)
     changed = target.clone()
     changed[~mask] = torch.randn(int((~mask).sum()), generator=g) * 1e6
     changed[0, 0][~mask[0, 0]] = float("nan")
-    assert torch.equal(masked_mse(pred, changed, mask), loss)  # bit-identical
-    assert torch.equal(masked_mse(pred, target, None), ((pred - target) ** 2).mean())
+    assert torch.equal(FlowMatching().loss(pred, changed, mask), loss)  # bit-identical
+    assert torch.equal(FlowMatching().loss(pred, target, None), ((pred - target) ** 2).mean())
+    steps = mask.any(-1)  # a (B, H) mask of chunk steps covers every action dimension of a step
+    assert torch.equal(FlowMatching().loss(pred, target, steps), FlowMatching().loss(pred, target, steps[..., None]))
 
 
 def test_flow_matching_object_trains_a_velocity_and_samples():
@@ -94,11 +95,11 @@ def test_flow_matching_object_trains_a_velocity_and_samples():
     mask[:, -1] = False
     seen = {}
 
-    def net(x_t, t):
-        seen["t"] = t
+    def net(x_t, t, step):
+        seen["t"], seen["step"] = t, step
         return x_t * 0
 
-    loss, info = fm.loss(net, x, mask)
-    assert seen["t"].shape == (16,) and 0 < info["t_mean"] < 1 and torch.isfinite(loss)
-    out = fm.sample(lambda x_t, t: x_t * 0, (2, 3, 2), noise=torch.ones(2, 3, 2))
+    loss, info = fm.network_loss(net, x, mask)
+    assert seen["t"].shape == (16,) and seen["step"] is None and 0 < info["t_mean"] < 1 and torch.isfinite(loss)
+    out = fm.sample(lambda x_t, t, step: x_t * 0, (2, 3, 2), noise=torch.ones(2, 3, 2))
     assert torch.equal(out, torch.ones(2, 3, 2))  # zero velocity: the sample stays at the noise

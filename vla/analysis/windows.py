@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from torch.utils.data import default_collate
 
-from vla.datasets.normalize import MultiNormalizer
 from vla.datasets.sampler import MixtureDataset, WindowConfig, WindowDataset
 from vla.errors import VlaError
 from vla.policies.policy import Policy
@@ -34,14 +33,14 @@ def policy_windows(policy: Policy, stores: Sequence[str | Path], language: str =
 
 
 def uses_slots(policy: Policy) -> bool:
-    return isinstance(policy.normalizer, MultiNormalizer)
+    return policy.embodiments is not None
 
 
 def embodiment_remap(policy: Policy, embodiments: Sequence[str]) -> dict[str, int] | None:
     """Store embodiment name -> the checkpoint's embodiment id (None for single-embodiment policies)."""
-    if not uses_slots(policy):
+    if policy.embodiments is None:
         return None
-    names = list(policy.normalizer.names)  # type: ignore[union-attr]
+    names = list(policy.embodiments.names)
     unknown = [e for e in embodiments if e not in names]
     if unknown:
         raise WindowsError(

@@ -30,21 +30,20 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 def moh_settings(policy: str, horizons: str | None = None) -> dict[str, Any]:
     """The config overrides of `--moh` / `--horizons` (for the policies with a mixture of horizons)."""
+    from vla.policies import get_policy
+    from vla.policies.config import HorizonFields
     from vla.policies.modules.horizons import DEFAULT_HORIZONS, parse_horizons
     from vla.train.config import TrainError
 
-    if policy == "mode":
-        from vla.policies.mode.configuration_mode import moh_overrides
-    elif policy == "himoe":
-        from vla.policies.himoe.configuration_himoe import moh_overrides
-    else:
-        raise TrainError(f"--moh: the mixture of horizons is built for the 'mode' and 'himoe' policies, not {policy!r}")
+    config_cls = get_policy(policy)[0]
+    if not issubclass(config_cls, HorizonFields):
+        raise TrainError(f"--moh: the {policy!r} policy has no mixture of horizons")
 
     try:
         hs = parse_horizons(horizons) if horizons else DEFAULT_HORIZONS
     except ValueError as e:
         raise TrainError(f"--horizons: {e}") from None
-    return moh_overrides(hs)
+    return config_cls.moh_overrides(hs)
 
 
 def train(

@@ -11,7 +11,10 @@ divided by ~0. Policies keep their normaliser with the checkpoint (`state_dict()
 so the statistics a model was trained with travel with it.
 
 `MultiNormalizer` does the same per embodiment on the 24-slot layout of a mixture: each robot's
-statistics sit in its own slots, padded slots are kept at exactly 0.
+statistics sit in its own slots, padded slots are kept at exactly 0. Both take the rows' embodiment
+ids (`normalize(key, x, embodiment)`; a `Normalizer` covers one embodiment and ignores them), so a
+caller never needs to know which one it holds. They only normalise: which robots a policy was trained
+on, and where their vectors sit, is the policy's embodiment table (vla.policies.embodiment).
 """
 
 from __future__ import annotations
@@ -110,7 +113,9 @@ class Normalizer:
             raise ValueError(f"{key}: last axis has {x.shape[-1]} values, the statistics {n.offset.shape[-1]}")
         return n
 
-    def normalize(self, key: str, x: Array) -> Array:
+    def normalize(self, key: str, x: Array, embodiment: Any = None) -> Array:
+        """`embodiment`: the rows' embodiment ids, accepted for a common interface with MultiNormalizer
+        (one embodiment: nothing to choose)."""
         if key not in self.norms:
             return x
         x = _float_input(x)
@@ -121,7 +126,7 @@ class Normalizer:
             y = y.clamp(-1, 1) if isinstance(y, torch.Tensor) else np.clip(y, -1, 1)
         return y
 
-    def unnormalize(self, key: str, y: Array) -> Array:
+    def unnormalize(self, key: str, y: Array, embodiment: Any = None) -> Array:
         if key not in self.norms:
             return y
         y = _float_input(y)
@@ -204,11 +209,12 @@ class MultiNormalizer:
         if len(self.names) != len(self.normalizers):
             raise ValueError(f"{len(self.names)} names for {len(self.normalizers)} normalizers")
         self.slots = {k: [[int(i) for i in s] for s in v] for k, v in slots.items()}
-        self.tables: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        # key -> (offset, scale, slot mask), each (embodiments, 24): one row per embodiment id
+        self._tables: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for key, per_emb in self.slots.items():
             if len(per_emb) != len(self.normalizers):
                 raise ValueError(f"slots[{key!r}] has {len(per_emb)} entries for {len(self.normalizers)} embodiments")
-            self.tables[key] = self._table(key, per_emb)
+            self._tables[key] = self._table(key, per_emb)
         self._cache: dict[tuple[str, Any, Any], tuple[torch.Tensor, ...]] = {}
 
     def _table(self, key: str, per_emb: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -284,11 +290,11 @@ class MultiNormalizer:
         if isinstance(x, torch.Tensor):
             ck = (key, x.device, x.dtype)
             if ck not in self._cache:
-                self._cache[ck] = tuple(torch.as_tensor(t, dtype=x.dtype, device=x.device) for t in self.tables[key])
+                self._cache[ck] = tuple(torch.as_tensor(t, dtype=x.dtype, device=x.device) for t in self._tables[key])
             tables = self._cache[ck]
             ids = torch.as_tensor(ids, device=x.device, dtype=torch.long)
         else:
-            tables = tuple(t.astype(x.dtype, copy=False) for t in self.tables[key])
+            tables = tuple(t.astype(x.dtype, copy=False) for t in self._tables[key])
             ids = np.asarray(ids, np.int64)
         # One row per batch element, broadcast over the middle axes (time, horizon, ...).
         shape = (*ids.shape, *([1] * (x.ndim - ids.ndim - 1)), slotlib.NUM_SLOTS)
@@ -298,8 +304,11 @@ class MultiNormalizer:
         if x.shape[-1] != slotlib.NUM_SLOTS:
             raise ValueError(f"{key}: expected the {slotlib.NUM_SLOTS}-slot layout, got last axis {x.shape[-1]}")
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._tables
+
     def normalize(self, key: str, x: Array, embodiment: Any = None) -> Array:
-        if key not in self.tables:
+        if key not in self._tables:
             return x
         self._check(key, x)
         x = _float_input(x)
@@ -307,7 +316,7 @@ class MultiNormalizer:
         return (x - off) / scl * mask
 
     def unnormalize(self, key: str, y: Array, embodiment: Any = None) -> Array:
-        if key not in self.tables:
+        if key not in self._tables:
             return y
         self._check(key, y)
         y = _float_input(y)

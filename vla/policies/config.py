@@ -1,5 +1,11 @@
 """The policy config base: every hyperparameter in a frozen dataclass, presets, JSON round trip, and the data
-contract (camera keys, state and action sizes, chunk length, observation history) a trainer checks a store against."""
+contract (camera keys, state and action sizes, chunk length, observation history) a trainer checks a store against.
+
+Field groups several policies share are mixins, each with its own checks: `ConditioningFields` (the shared
+observation encoder's vision and language settings) and `HorizonFields` (the mixture of horizons and
+dynamic inference). A policy config lists them before `PolicyConfig`: `class XConfig(HorizonFields,
+ConditioningFields, PolicyConfig)`, so the base's fields come first in the saved config.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,9 @@ from typing import Any, ClassVar, TypeVar
 
 from vla.errors import PolicyError
 from vla.keys import STATE_KEY
+from vla.policies.modules.horizons import DEFAULT_HORIZONS, horizon_config_problems
+from vla.policies.modules.language import LANGUAGE_ENCODERS
+from vla.policies.modules.vision import NORMS
 
 C = TypeVar("C", bound="PolicyConfig")
 
@@ -102,6 +111,58 @@ class PolicyConfig:
             raise PolicyError(
                 f"the data does not fit this {self.name} config: {'; '.join(problems)} (data has: {have})"
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditioningFields:
+    """Settings of the shared observation encoder (vla.policies.modules.conditioning): a frozen language
+    encoder for the instruction and a FiLM ResNet per camera."""
+
+    language_encoder: str = "minilm"  # minilm | clip (frozen, not saved with the weights)
+    language_path: str | None = None  # local model directory; None: the packaged all-MiniLM-L6-v2
+    language_dim: int = 384  # the encoder's embedding size (checked when the encoder loads)
+    vision_widths: tuple[int, ...] = (64, 128, 256, 512)  # ResNet-18 layout
+    vision_blocks: tuple[int, ...] = (2, 2, 2, 2)
+    vision_norm: str = "group"  # group | batch
+
+    def language_problems(self) -> list[str]:
+        if self.language_encoder not in LANGUAGE_ENCODERS:
+            return [f"language_encoder {self.language_encoder!r} not in {LANGUAGE_ENCODERS}"]
+        return []
+
+    def vision_problems(self) -> list[str]:
+        return [f"vision_norm {self.vision_norm!r} not in {NORMS}"] if self.vision_norm not in NORMS else []
+
+
+@dataclasses.dataclass(frozen=True)
+class HorizonFields:
+    """Mixture of horizons (vla.policies.modules.horizons) and dynamic inference; `horizons=None`: off."""
+
+    # Overrides every mixture-of-horizons version of this policy also takes (see `moh_overrides`).
+    moh_fixed: ClassVar[dict[str, Any]] = {}
+    # n_action_steps of the mixture version, capped at the longest horizon (None: keep the config's).
+    moh_n_action_steps: ClassVar[int | None] = None
+
+    horizons: tuple[int, ...] | None = None  # e.g. DEFAULT_HORIZONS = (3, 6, ..., 30); chunk_size = max
+    moh_gate_noise: bool = True  # learned-std Gaussian noise on the gate logits in training
+    moh_horizon_loss_weight: float = 1.0  # weight of the summed per-horizon losses
+    moh_balance_weight: float = 1e-3  # squared coefficient of variation of horizon usage
+    dynamic_ratio: float | None = None  # dynamic inference threshold ratio r (None: execute n_action_steps)
+    dynamic_window: int = 5  # threshold = mean disagreement of the first `dynamic_window` steps * r
+    dynamic_min_steps: int = 5  # always execute at least this many steps
+    dynamic_stop_cover: int = 5  # stop at a step covered by this many horizons or fewer
+
+    @classmethod
+    def moh_overrides(cls, horizons: tuple[int, ...] = DEFAULT_HORIZONS) -> dict[str, Any]:
+        """Config overrides that turn a config of this policy into its mixture-of-horizons version."""
+        hs = tuple(sorted(horizons))
+        out: dict[str, Any] = {"horizons": hs, **cls.moh_fixed, "chunk_size": max(hs)}
+        if cls.moh_n_action_steps is not None:
+            out["n_action_steps"] = min(cls.moh_n_action_steps, max(hs))
+        return out
+
+    def horizon_problems(self) -> list[str]:
+        return horizon_config_problems(self)
 
 
 def _to_tuple(v: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Where one robot's native vectors sit in a multi-embodiment (24-slot) policy's layout."""
+"""The robots a multi-embodiment (24-slot) policy was trained on (`EmbodimentTable`, the policy's
+`embodiments`, saved with its checkpoint) and where one robot's native vectors sit (`EmbodimentLayout`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,19 @@ class EmbodimentTable:
     names: tuple[str, ...]
     slots: Mapping[str, tuple[tuple[int, ...], ...]]
 
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> EmbodimentTable:
+        """From `to_json()` output (or a mixture normaliser's saved `names` and `slots`)."""
+        names = tuple(str(n) for n in d["names"])
+        slots = {str(k): tuple(tuple(int(i) for i in s) for s in v) for k, v in d["slots"].items()}
+        for key, per_embodiment in slots.items():
+            if len(per_embodiment) != len(names):
+                raise ValueError(f"slots[{key!r}] has {len(per_embodiment)} entries for {len(names)} embodiments")
+        return cls(names, slots)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"names": list(self.names), "slots": {k: [list(s) for s in v] for k, v in self.slots.items()}}
+
     def layout(self, embodiment: str | None) -> EmbodimentLayout:
         if embodiment not in self.names:
             raise PolicyError(
@@ -34,6 +48,13 @@ class EmbodimentTable:
         e = self.names.index(embodiment)
         state = self.slots.get(STATE_KEY, ((),) * len(self.names))[e]
         return EmbodimentLayout(embodiment, e, tuple(state), tuple(self.slots[ACTION_KEY][e]))
+
+    def slot_mask(self, key: str, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(embodiments, 24) bool: the slots each robot uses for `key` (ACTION_KEY or STATE_KEY)."""
+        mask = torch.zeros(len(self.names), slotlib.NUM_SLOTS, dtype=torch.bool)
+        for e, idx in enumerate(self.slots[key]):
+            mask[e, list(idx)] = True
+        return mask.to(device)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,12 +87,16 @@ class EmbodimentLayout:
         """Native state (B, n_obs, D) -> slots; every row is this embodiment."""
         state = batch.get(STATE_KEY)
         if state is not None and state.shape[-1] != slotlib.NUM_SLOTS:
-            out = state.new_zeros((*state.shape[:-1], slotlib.NUM_SLOTS))
-            out[..., list(self.state_slots)] = state
-            batch[STATE_KEY] = out
+            batch[STATE_KEY] = self.state_to_slots(state)
         rows = len(batch["task"])
         batch["embodiment_id"] = torch.full((rows,), self.embodiment_id, dtype=torch.long)
         return batch
+
+    def state_to_slots(self, state: torch.Tensor) -> torch.Tensor:
+        """(..., D) native state -> (..., 24) in this robot's slots, zeros elsewhere."""
+        out = state.new_zeros((*state.shape[:-1], slotlib.NUM_SLOTS))
+        out[..., list(self.state_slots)] = state
+        return out
 
     def to_native(self, chunk: torch.Tensor) -> torch.Tensor:
         """(B, H, 24) slot-layout actions -> (B, H, D) in the robot's own layout."""

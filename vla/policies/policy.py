@@ -5,7 +5,8 @@ info)`, `predict_chunk(batch) -> (B, H, A)` unnormalised actions, `select_action
 of the last chunk (`n_action_steps` executed per plan) and `reset()`, `save_pretrained(dir)` /
 `from_pretrained(dir)` (vla.policies.pretrained). Normalisation lives inside the policy (a `Normalizer` from
 vla.datasets.normalize, built from store statistics and saved with the checkpoint), so what the data loader
-gives and what the robot gets are raw units and nothing is normalised twice or forgotten.
+gives and what the robot gets are raw units and nothing is normalised twice or forgotten. A policy trained on
+a mixture of robots also carries its embodiment table (`embodiments`, saved with the checkpoint).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from torch import nn
 
 from vla.datasets.normalize import MultiNormalizer, Normalizer
 from vla.errors import PolicyError
-from vla.keys import TASK_KEY
+from vla.keys import ACTION_KEY, STATE_KEY, TASK_KEY
 from vla.policies.config import PolicyConfig
 from vla.policies.embodiment import EmbodimentTable
+from vla.policies.modules.moe import expert_parameters
 from vla.policies.pretrained import load_pretrained, save_pretrained
 from vla.policies.routing import LayerRouting
 from vla.policies.runtime import ObservationHistory
@@ -37,14 +39,25 @@ class Policy(nn.Module):
         super().__init__()
         self.config = config
         self.normalizer: Normalizer | MultiNormalizer = Normalizer({})
+        self._embodiments: EmbodimentTable | None = None
         if dataset_stats is not None:
             self.set_normalization(dataset_stats)
         self._action_queue: deque[torch.Tensor] = deque()
         self._obs_history = ObservationHistory(config.n_obs, config.observation_keys)
 
     # --- normalisation seam -----------------------------------------------------------------------
-    def set_normalization(self, stats: Mapping[str, Mapping[str, Any]] | Normalizer | MultiNormalizer) -> None:
-        """Use store statistics (key -> {mean, std, min, max, q01, q99, ...}) or a ready normaliser."""
+    def set_normalization(
+        self,
+        stats: Mapping[str, Mapping[str, Any]] | Normalizer | MultiNormalizer,
+        embodiments: EmbodimentTable | None = None,
+    ) -> None:
+        """Use store statistics (key -> {mean, std, min, max, q01, q99, ...}) or a ready normaliser.
+
+        A mixture's per-embodiment `MultiNormalizer` makes this a multi-embodiment policy: `embodiments`
+        becomes its table of robots (by default the normaliser's embodiment names and slots)."""
+        if embodiments is None and isinstance(stats, MultiNormalizer):
+            embodiments = EmbodimentTable.from_json({"names": stats.names, "slots": stats.slots})
+        self._embodiments = embodiments
         if isinstance(stats, Normalizer | MultiNormalizer):
             self.normalizer = stats
             return
@@ -52,23 +65,45 @@ class Policy(nn.Module):
         self.normalizer = Normalizer.from_stats(stats, modes)
 
     def normalize(self, key: str, x: torch.Tensor, embodiment_id: torch.Tensor | None = None) -> torch.Tensor:
-        if isinstance(self.normalizer, MultiNormalizer):
-            return self.normalizer.normalize(key, x, embodiment_id)
-        return self.normalizer.normalize(key, x)
+        return self.normalizer.normalize(key, x, embodiment_id)
 
     def unnormalize(self, key: str, x: torch.Tensor, embodiment_id: torch.Tensor | None = None) -> torch.Tensor:
-        if isinstance(self.normalizer, MultiNormalizer):
-            return self.normalizer.unnormalize(key, x, embodiment_id)
-        return self.normalizer.unnormalize(key, x)
+        return self.normalizer.unnormalize(key, x, embodiment_id)
 
     @property
     def embodiments(self) -> EmbodimentTable | None:
         """The robots of a multi-embodiment (slot-layout) policy; None for a single-embodiment policy."""
-        norm = self.normalizer
-        if not isinstance(norm, MultiNormalizer):
-            return None
-        slots = {k: tuple(tuple(s) for s in v) for k, v in norm.slots.items()}
-        return EmbodimentTable(tuple(norm.names), slots)
+        return self._embodiments
+
+    # --- batches ----------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        first = next(self.parameters(), None)
+        return torch.device("cpu") if first is None else first.device
+
+    def _to_device(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        dev = self.device
+        return {k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def _batch_size(self, batch: Mapping[str, Any]) -> int:
+        for key in (*self.config.camera_keys, STATE_KEY, ACTION_KEY):
+            if key in batch:
+                return int(batch[key].shape[0])
+        if isinstance(batch.get("task"), list | tuple):
+            return len(batch["task"])
+        raise PolicyError("cannot tell the batch size: no camera, state, action or task in the batch")
+
+    def _action_chunk(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The batch's raw action chunks (B, chunk_size, action_dim) as floats."""
+        actions, cfg = batch["action"], self.config
+        if actions.shape[1:] != (cfg.chunk_size, cfg.action_dim):
+            raise PolicyError(f"action should be (B, {cfg.chunk_size}, {cfg.action_dim}), got {tuple(actions.shape)}")
+        return actions.float()
+
+    def _tasks(self, batch: Mapping[str, Any]) -> list[str]:
+        """The batch's instructions, one per row ("" when it has none)."""
+        tasks, rows = batch.get("task"), self._batch_size(batch)
+        return [""] * rows if tasks is None else ([tasks] * rows if isinstance(tasks, str) else list(tasks))
 
     # --- the interface ----------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:  # pragma: no cover
@@ -132,3 +167,11 @@ class Policy(nn.Module):
     # --- accounting ------------------------------------------------------------------------------------
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Total parameters, those one routing unit (token or sequence) runs through ("active": the top_k
+        experts of each MoE layer), and the experts' and routers' shares."""
+        total = self.num_parameters()
+        moe = expert_parameters(self)
+        active = total - moe.experts + moe.active
+        return {"total": total, "active": active, "experts": moe.experts, "routers": moe.routers}

@@ -4,6 +4,8 @@
         config.json          the policy config with its type (the registry name)
         model.safetensors    the weights (no pickle anywhere)
         normalization.json   the normaliser's statistics
+        embodiments.json     a multi-embodiment policy's robots and their slots (older checkpoints: read from
+                             normalization.json)
         data_spec.json       the first training store's StoreSpec (evaluation fit checks, image settings)
         data.json            every training store: path, embodiment, spec
 
@@ -26,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from vla.datasets.normalize import MultiNormalizer, Normalizer
 from vla.datasets.spec import StoreSpec
 from vla.errors import PolicyError
+from vla.policies.embodiment import EmbodimentTable
 
 if TYPE_CHECKING:
     from vla.policies.policy import Policy
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 NORMALIZATION_FILE = "normalization.json"
+EMBODIMENTS_FILE = "embodiments.json"
 DATA_SPEC_FILE = "data_spec.json"
 DATA_FILE = "data.json"
 
@@ -47,7 +51,8 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 def save_pretrained(
     policy: Policy, directory: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None
 ) -> Path:
-    """Write config.json, model.safetensors and normalization.json into `directory`.
+    """Write config.json, model.safetensors, normalization.json (and embodiments.json for a multi-embodiment
+    policy) into `directory`.
 
     `state_dict`: weights to save instead of the module's own (the trainer saves EMA weights)."""
     d = Path(directory)
@@ -57,6 +62,8 @@ def save_pretrained(
     state = {k: v.detach().contiguous().cpu() for k, v in source.items()}
     save_file(state, str(d / WEIGHTS_FILE), metadata={"format": "pt", "policy": policy.config.name})
     (d / NORMALIZATION_FILE).write_text(json.dumps(policy.normalizer.state_dict(), indent=2))
+    if policy.embodiments is not None:
+        (d / EMBODIMENTS_FILE).write_text(json.dumps(policy.embodiments.to_json(), indent=2))
     return d
 
 
@@ -92,12 +99,22 @@ def load_pretrained(
     if norm_path.exists():
         try:
             nd = json.loads(norm_path.read_text())
-            model.normalizer = (
-                MultiNormalizer.from_state_dict(nd) if "normalizers" in nd else Normalizer.from_state_dict(nd)
-            )
+            normalizer = MultiNormalizer.from_state_dict(nd) if "normalizers" in nd else Normalizer.from_state_dict(nd)
         except (json.JSONDecodeError, KeyError, ValueError) as e:
             raise PolicyError(f"{norm_path}: unreadable normalisation statistics ({e})") from None
+        model.set_normalization(normalizer, _load_embodiments(d / EMBODIMENTS_FILE))
     return model.to(map_location)
+
+
+def _load_embodiments(path: Path) -> EmbodimentTable | None:
+    """The saved embodiment table; None when the checkpoint has none (single-embodiment, or older than the
+    file: the table then comes from the mixture normaliser's names and slots)."""
+    if not path.exists():
+        return None
+    try:
+        return EmbodimentTable.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise PolicyError(f"{path}: unreadable embodiment table ({e})") from None
 
 
 # --- the training data it was made from ------------------------------------------------------------------

@@ -3,6 +3,8 @@ routing inspection, the Mixture-of-Horizons wrapper, the evaluation planner and 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from tests.policies.himoe.helpers import (
     CAM,
     EEF_SLOTS,
     JOINT_SLOTS,
+    STATE_SLOTS,
     fixed_noise,
     make_batch,
     make_policy,
@@ -23,10 +26,12 @@ from tests.policies.himoe.helpers import (
 from vla.cli.train import moh_settings
 from vla.datasets import slots as slotlib
 from vla.policies import PolicyError, available_policies, get_policy
+from vla.policies.embodiment import EmbodimentTable
 from vla.policies.himoe import HiMoEConfig, HiMoEPolicy
-from vla.policies.himoe.configuration_himoe import PAPER_PATTERN, moh_overrides
+from vla.policies.himoe.configuration_himoe import PAPER_PATTERN
 from vla.policies.modules.hier_moe import ActionSpaceMoE, DenseMLP, HBMoE
 from vla.policies.policy import Policy
+from vla.policies.pretrained import EMBODIMENTS_FILE
 from vla.policies.routing import LayerRouting
 from vla.policies.runtime import PolicyPlanner
 
@@ -99,7 +104,23 @@ def test_save_load_round_trip_select_action_and_reset(tmp_path):
     loaded = Policy.from_pretrained(tmp_path / "ckpt").eval()
     assert isinstance(loaded, HiMoEPolicy) and loaded.config == policy.config
     assert torch.equal(loaded.predict_chunk(batch, noise=noise), before)
-    assert loaded.normalizer.names == ["eef_arm", "joint_arm"]
+    assert loaded.embodiments == policy.embodiments and loaded.embodiments.names == ("eef_arm", "joint_arm")
+    assert loaded.embodiments.layout("joint_arm").action_slots == JOINT_SLOTS
+
+
+def test_the_embodiment_table_is_explicit_and_older_checkpoints_still_have_it(tmp_path):
+    policy = make_policy(slot_config())
+    table = policy.embodiments
+    assert table is not None and table.slots["observation.state"] == STATE_SLOTS
+    assert make_policy(tiny_config()).embodiments is None  # one robot: no table
+    ckpt = policy.save_pretrained(tmp_path / "ckpt")
+    assert json.loads((ckpt / EMBODIMENTS_FILE).read_text()) == table.to_json()
+    (ckpt / EMBODIMENTS_FILE).unlink()  # written before the table had its own file
+    assert Policy.from_pretrained(ckpt).embodiments == table
+    renamed = EmbodimentTable(("arm_a", "arm_b"), table.slots)
+    policy.set_normalization(policy.normalizer, renamed)  # an explicit table wins over the normaliser's names
+    assert policy.embodiments == renamed
+    assert Policy.from_pretrained(policy.save_pretrained(tmp_path / "again")).embodiments == renamed
 
     native = make_policy(tiny_config(n_action_steps=3)).eval()
     obs = {CAM: torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8), "observation.state": torch.randn(2, 5)}
@@ -198,7 +219,7 @@ def test_one_horizon_wrapper_equals_the_plain_head_and_moh_trains():
     assert torch.allclose(wrapped.predict_chunk(batch, noise=noise), plain.predict_chunk(batch, noise=noise), atol=1e-6)
     assert len(wrapped.last_horizons) == plain.config.num_steps  # fused at every Euler step
 
-    cfg = slot_config(**moh_overrides((2, 4, 6)))
+    cfg = slot_config(**HiMoEConfig.moh_overrides((2, 4, 6)))
     assert cfg.horizons == (2, 4, 6) and cfg.chunk_size == 6
     moh = make_policy(cfg).train()
     train_batch = make_slot_batch(cfg, [0, 1, 1])
@@ -209,7 +230,7 @@ def test_one_horizon_wrapper_equals_the_plain_head_and_moh_trains():
     assert moh.moh.gate.weight.grad.abs().sum() > 0
     moh.eval()
     out = moh.predict_chunk(make_slot_batch(cfg, [1], with_action=False))
-    assert out.shape == (1, 6, 24) and moh.last_horizons[0].per_horizon.shape == (1, 3, 6, 24)
+    assert out.shape == (1, 6, 24) and moh.last_horizons.per_horizon[0].shape == (1, 3, 6, 24)
     assert moh_settings("himoe", "2-6:2") == {"horizons": (2, 4, 6), "chunk_size": 6, "n_action_steps": 6}
     assert moh_settings("mode", "2-6:2")["action_attention"] == "full"  # MoDE's switch is unchanged
 
@@ -259,10 +280,10 @@ def test_hf_vlm_backbone_plugs_in(tmp_path):
 
 
 def test_dynamic_inference_with_a_mixture_of_horizons():
-    from vla.policies.modules.horizons import disagreement, dynamic_horizon
+    from vla.policies.modules.horizons import dynamic_horizon
 
     hs = (2, 4, 6, 8, 10, 12)
-    cfg = tiny_config(**moh_overrides(hs), dynamic_min_steps=2, dynamic_stop_cover=1)
+    cfg = tiny_config(**HiMoEConfig.moh_overrides(hs), dynamic_min_steps=2, dynamic_stop_cover=1)
     with pytest.raises(PolicyError, match="dynamic_ratio needs a mixture"):
         tiny_config(dynamic_ratio=1.2)
     policy = make_policy(cfg).eval()
@@ -273,8 +294,9 @@ def test_dynamic_inference_with_a_mixture_of_horizons():
     assert policy.decides_horizon
     chunk, n = policy.predict_plan(batch, noise=fixed_noise(cfg, 3))
     assert len(policy.last_horizons) == cfg.num_steps  # the disagreement is summed over every Euler step
-    summed = torch.stack([disagreement(v) for v in policy.last_horizons]).sum(0)
+    summed = policy.last_horizons.disagreement
     assert n.tolist() == dynamic_horizon(summed, policy.moh.layout.cover_count, 1.3, 5, 2, 1).tolist()
+    assert torch.equal(policy.last_horizons.n_exec, n)
     assert all(2 <= k <= 12 for k in n.tolist()) and chunk.shape == (3, 12, 4)
     plan = PolicyPlanner(make_policy(cfg), dynamic_horizon=1.3).plan(native_frames(cfg, 2))
     assert plan.actions.shape == (2, 12, 4) and all(2 <= k <= 12 for k in plan.n_exec.tolist())

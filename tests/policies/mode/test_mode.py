@@ -18,6 +18,7 @@ from tests.policies.mode.helpers import (
 from vla.policies import PolicyError, available_policies, get_policy
 from vla.policies import make_policy as registry_make_policy
 from vla.policies.mode import MoDEConfig, MoDEPolicy
+from vla.policies.modules.conditioning import camera_frames
 from vla.policies.modules.moe import MoELayer, SwiGLU
 from vla.policies.policy import Policy
 from vla.policies.pretrained import NORMALIZATION_FILE
@@ -186,12 +187,14 @@ def test_goal_dropout_replaces_the_goal():
     policy = make_policy(cfg)
     batch = make_batch(cfg)
     enc = policy.obs_encoder
+    images = camera_frames(batch, cfg.camera_keys, cfg.n_obs, cfg.image_size)
+    state = batch["observation.state"]
     g1, g2 = torch.randn(2, cfg.language_dim), torch.randn(2, cfg.language_dim)
     drop = torch.zeros(2, dtype=torch.bool)
-    ctx1, _ = enc(batch, g1, drop)
-    ctx2, _ = enc(batch, g2, drop)
+    ctx1, _ = enc(images, g1, state, drop)
+    ctx2, _ = enc(images, g2, state, drop)
     torch.testing.assert_close(ctx1, ctx2)
-    ctx3, _ = enc(batch, g2, ~drop)
+    ctx3, _ = enc(images, g2, state, ~drop)
     assert not torch.allclose(ctx1, ctx3)
 
 

@@ -10,9 +10,8 @@ import torch
 from tests.policies.mode.helpers import make_batch, sharpen_routers, stats_for, tiny_config
 from vla.cli.train import moh_settings
 from vla.policies import PolicyError
-from vla.policies.mode import MoDEPolicy
-from vla.policies.mode.configuration_mode import MOH_HORIZONS, moh_overrides
-from vla.policies.modules.horizons import dynamic_horizon
+from vla.policies.mode import MoDEConfig, MoDEPolicy
+from vla.policies.modules.horizons import DEFAULT_HORIZONS, dynamic_horizon
 from vla.policies.policy import Policy
 from vla.policies.runtime import PolicyPlanner
 
@@ -21,13 +20,13 @@ HORIZONS = (2, 4, 6)
 
 def moh_policy(horizons=HORIZONS, seed: int = 0, **overrides) -> MoDEPolicy:
     torch.manual_seed(seed)
-    cfg = tiny_config(**{**moh_overrides(horizons), **overrides})
+    cfg = tiny_config(**{**MoDEConfig.moh_overrides(horizons), **overrides})
     return MoDEPolicy(cfg, stats_for(cfg))
 
 
 def test_config_switch_and_validation():
-    cfg = tiny_config(**moh_overrides())
-    assert cfg.horizons == MOH_HORIZONS == tuple(range(3, 31, 3)) and cfg.chunk_size == 30
+    cfg = tiny_config(**MoDEConfig.moh_overrides())
+    assert cfg.horizons == DEFAULT_HORIZONS == tuple(range(3, 31, 3)) and cfg.chunk_size == 30
     assert cfg.action_attention == "full" and cfg.dynamic_ratio is None
     assert tiny_config().horizons is None and tiny_config().action_attention == "causal"  # the paper's MoDE
     with pytest.raises(PolicyError, match="max"):
@@ -39,7 +38,7 @@ def test_config_switch_and_validation():
     with pytest.raises(PolicyError, match="action_attention"):
         tiny_config(action_attention="sideways")
     assert moh_settings("mode", "2-6:2") == {"horizons": (2, 4, 6), "action_attention": "full", "chunk_size": 6}
-    assert moh_settings("mode")["horizons"] == MOH_HORIZONS
+    assert moh_settings("mode")["horizons"] == DEFAULT_HORIZONS
 
 
 def test_training_step_and_inspectable_outputs():

@@ -1,13 +1,12 @@
 """Config of HiMoE, the hierarchical mixture-of-experts flow-matching action head.
 
-Defaults are the paper's action module (shared/reference/policies.md, section 2): 18 layers, layers
-0-1 and 16-17 Action-Space MoE (3 SwiGLU experts of hidden 4096, top-1, router from the slot mask,
-supervised-contrastive routing loss 0.002 at temperature 0.1), layers 2-5 and 12-15
-Heterogeneity-Balancing MoE (32 experts of hidden 1024, top-4 renormalised, + a shared expert,
-per-sequence balance loss 0.001), layers 6-11 dense GELU MLPs of hidden 4096; width 1024 with 8
-heads (pi0's action expert); chunk 10; flow matching with Beta(1.5, 1) times and 10 Euler steps.
-`from_preset("paper")` is exactly the defaults; `from_preset("cpu")` keeps one layer of each kind
-at a width that trains in seconds on two cores.
+Defaults are the HiMoE paper's action module: 18 layers, layers 0-1 and 16-17 Action-Space MoE (3
+SwiGLU experts of hidden 4096, top-1, router from the slot mask, supervised-contrastive routing loss
+0.002 at temperature 0.1), layers 2-5 and 12-15 Heterogeneity-Balancing MoE (32 experts of hidden
+1024, top-4 renormalised, + a shared expert, per-sequence balance loss 0.001), layers 6-11 dense GELU
+MLPs of hidden 4096; width 1024 with 8 heads (pi0's action expert); chunk 10; flow matching with
+Beta(1.5, 1) times and 10 Euler steps. `from_preset("paper")` is exactly the defaults;
+`from_preset("cpu")` keeps one layer of each kind at a width that trains in seconds on two cores.
 
 `layer_pattern` spells the depth layout, one letter per layer: "a" AS-MoE, "h" HB-MoE, "d" dense.
 Conditioning (`backbone`): "default" = a FiLM ResNet per camera + the offline MiniLM language
@@ -21,12 +20,9 @@ import dataclasses
 from typing import Any, ClassVar
 
 from vla.errors import PolicyError
-from vla.policies.config import PolicyConfig
+from vla.policies.config import ConditioningFields, HorizonFields, PolicyConfig
 from vla.policies.modules.flow import TIME_SAMPLERS
 from vla.policies.modules.hier_moe import ACTION_SPACE_INPUTS
-from vla.policies.modules.horizons import DEFAULT_HORIZONS, horizon_config_problems
-from vla.policies.modules.language import LANGUAGE_ENCODERS
-from vla.policies.modules.vision import NORMS
 
 BACKBONES = ("default", "hf_vlm")
 LAYER_KINDS = {"a": "action_space", "h": "hb", "d": "dense"}
@@ -34,9 +30,10 @@ PAPER_PATTERN = "aa" + "hhhh" + "dddddd" + "hhhh" + "aa"  # 18 layers
 
 
 @dataclasses.dataclass(frozen=True)
-class HiMoEConfig(PolicyConfig):
+class HiMoEConfig(HorizonFields, ConditioningFields, PolicyConfig):
     name: ClassVar[str] = "himoe"
     presets: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below
+    moh_n_action_steps: ClassVar[int | None] = 10  # the mixture version executes at most 10 steps per chunk
 
     # --- action transformer ---
     width: int = 1024
@@ -71,22 +68,8 @@ class HiMoEConfig(PolicyConfig):
     backbone_path: str | None = None  # local model directory (hf_vlm)
     backbone_freeze: bool = True
     backbone_max_text_tokens: int = 48
-    cond_dim: int = 512  # token size of the default backbone
-    language_encoder: str = "minilm"
-    language_path: str | None = None
-    language_dim: int = 384
-    vision_widths: tuple[int, ...] = (64, 128, 256, 512)
-    vision_blocks: tuple[int, ...] = (2, 2, 2, 2)
-    vision_norm: str = "group"
-    # --- mixture of horizons (None: off) ---
-    horizons: tuple[int, ...] | None = None
-    moh_gate_noise: bool = True
-    moh_horizon_loss_weight: float = 1.0
-    moh_balance_weight: float = 1e-3
-    dynamic_ratio: float | None = None  # dynamic inference threshold ratio r (None: execute n_action_steps)
-    dynamic_window: int = 5  # threshold = mean disagreement of the first `dynamic_window` steps * r
-    dynamic_min_steps: int = 5  # always execute at least this many steps
-    dynamic_stop_cover: int = 5  # stop at a step covered by this many horizons or fewer
+    cond_dim: int = 512  # token size of the default backbone (language and vision settings: ConditioningFields)
+    # mixture of horizons and dynamic inference: HorizonFields
     # --- optimiser (read by the trainer; openpi's pi0 settings) ---
     optimizer_lr: float = 2.5e-5
     optimizer_betas: tuple[float, float] = (0.9, 0.95)
@@ -122,11 +105,7 @@ class HiMoEConfig(PolicyConfig):
                 )
             if not self.camera_keys:
                 problems.append("backbone='hf_vlm' needs at least one camera")
-        if self.language_encoder not in LANGUAGE_ENCODERS:
-            problems.append(f"language_encoder {self.language_encoder!r} not in {LANGUAGE_ENCODERS}")
-        if self.vision_norm not in NORMS:
-            problems.append(f"vision_norm {self.vision_norm!r} not in {NORMS}")
-        problems += horizon_config_problems(self)
+        problems += self.language_problems() + self.vision_problems() + self.horizon_problems()
         if problems:
             raise PolicyError("invalid HiMoE config: " + "; ".join(problems))
 
@@ -137,12 +116,6 @@ class HiMoEConfig(PolicyConfig):
     @property
     def layer_kinds(self) -> tuple[str, ...]:
         return tuple(LAYER_KINDS[c] for c in self.layer_pattern)
-
-
-def moh_overrides(horizons: tuple[int, ...] = DEFAULT_HORIZONS) -> dict[str, Any]:
-    """Config overrides that turn a HiMoE config into its mixture-of-horizons version."""
-    hs = tuple(sorted(horizons))
-    return {"horizons": hs, "chunk_size": max(hs), "n_action_steps": min(10, max(hs))}
 
 
 HiMoEConfig.presets.update(

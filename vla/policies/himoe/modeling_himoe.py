@@ -23,10 +23,10 @@ each other (full attention): HorizonLayout's mask with one context token, so the
 Horizons wrapper (same mask, one horizon) equals the plain head exactly.
 
 Multi-embodiment data (action_dim == 24, the slot layout): the action-space identity and the loss
-mask come from the batch's `action_slot_mask` (training) or from the MultiNormalizer's per-embodiment
-slots and `embodiment_id` (inference); padded slots and padded chunk steps are excluded from the
-flow loss, and predictions there are zeroed. `predict_native` returns each row in its robot's own
-layout and units. With native (single-embodiment) data every dimension is real.
+mask come from the batch's `action_slot_mask` (training) or from the policy's embodiment table
+(`policy.embodiments`, each robot's slots) and `embodiment_id` (inference); padded slots and padded
+chunk steps are excluded from the flow loss, and predictions there are zeroed. `predict_native`
+returns each row in its robot's own layout and units. With native (single-embodiment) data every dimension is real.
 """
 
 from __future__ import annotations
@@ -38,15 +38,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vla.datasets import slots as slotlib
-from vla.datasets.normalize import MultiNormalizer
 from vla.errors import PolicyError
+from vla.keys import STATE_KEY
 from vla.policies.himoe.conditioning import build_backbone
 from vla.policies.himoe.configuration_himoe import HiMoEConfig
-from vla.policies.modules.flow import FlowMatching, FlowSettings, euler_times, interpolate
+from vla.policies.modules.attention import Attention
+from vla.policies.modules.conditioning import camera_frames
+from vla.policies.modules.flow import FlowMatching, FlowSettings, euler_times
 from vla.policies.modules.hier_moe import (
     ActionSpaceMoE,
     DenseMLP,
@@ -60,16 +61,14 @@ from vla.policies.modules.horizons import (
     DynamicHorizonPolicy,
     HorizonLayout,
     HorizonOutput,
+    HorizonTrace,
     MixtureOfHorizons,
-    disagreement,
     mixture_loss,
 )
+from vla.policies.modules.init import init_linear_weights
 from vla.policies.modules.moe import Routing, dense_routing_weights
-from vla.policies.modules.vision import to_float_images
 from vla.policies.policy import Policy
 from vla.policies.routing import LayerRouting
-
-STATE_KEY = "observation.state"
 
 
 @dataclass
@@ -82,31 +81,6 @@ class LayerRecord:
     logits: torch.Tensor | None = None  # AS-MoE router logits (B, T, E)
 
 
-class Attention(nn.Module):
-    """Multi-head attention with RMS-normalised queries and keys; self- or cross-attention."""
-
-    def __init__(self, dim: int, n_heads: int, dropout: float, cross: bool = False):
-        super().__init__()
-        self.n_heads = n_heads
-        self.q = nn.Linear(dim, dim, bias=False)
-        self.kv = nn.Linear(dim, 2 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim, bias=False)
-        self.q_norm = nn.RMSNorm(dim // n_heads, eps=1e-6)
-        self.k_norm = nn.RMSNorm(dim // n_heads, eps=1e-6)
-        self.dropout = dropout
-
-    def forward(self, x: torch.Tensor, source: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """`mask` broadcastable to (B, heads, T, S), True = may attend."""
-        b, t, d = x.shape
-        h = self.n_heads
-        q = self.q(x).view(b, t, h, d // h).transpose(1, 2)
-        k, v = self.kv(source).view(b, source.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(
-            self.q_norm(q), self.k_norm(k), v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.proj(y.transpose(1, 2).reshape(b, t, d))
-
-
 class HiMoEBlock(nn.Module):
     def __init__(self, config: HiMoEConfig, kind: str, route_dim: int):
         super().__init__()
@@ -114,7 +88,7 @@ class HiMoEBlock(nn.Module):
         self.kind = kind
         self.norm1, self.norm2, self.norm3 = (nn.RMSNorm(d, eps=1e-6) for _ in range(3))
         self.attn = Attention(d, config.n_heads, config.attn_dropout)
-        self.cross = Attention(d, config.n_heads, config.attn_dropout, cross=True)
+        self.cross = Attention(d, config.n_heads, config.attn_dropout)
         self.ffn: nn.Module
         if kind == "action_space":
             self.ffn = ActionSpaceMoE(d, config.as_hidden, config.as_experts, route_dim, config.as_top_k, False)
@@ -140,7 +114,7 @@ class HiMoEBlock(nn.Module):
         attn_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, Routing | None, torch.Tensor | None]:
         h = self.norm1(x)
-        x = x + self.attn(h, h, attn_mask)
+        x = x + self.attn(h, mask=attn_mask)
         x = x + self.cross(self.norm2(x), cond, cond_mask)
         h = self.norm3(x)
         if isinstance(self.ffn, ActionSpaceMoE):
@@ -173,7 +147,7 @@ class ActionTransformer(nn.Module):
         self.blocks = nn.ModuleList(HiMoEBlock(config, kind, route_dim) for kind in config.layer_kinds)
         self.norm = nn.RMSNorm(d, eps=1e-6)
         self.action_out = nn.Linear(d, config.action_dim)
-        self.apply(_init_weights)
+        init_linear_weights(self)
         nn.init.normal_(self.pos_emb, std=0.02)
 
     def hidden(
@@ -201,13 +175,6 @@ class ActionTransformer(nn.Module):
             if routing is not None and records is not None:
                 records.append(LayerRecord(i, block.kind, routing, logits))
         return self.norm(x[:, 1:])
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
 
 
 @dataclass
@@ -243,7 +210,7 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
             else None
         )
         self._single_layout = HorizonLayout((config.chunk_size,), 1, "full")
-        self.last_horizons: list[HorizonOutput] = []  # the fused MoH outputs of the last sampling run
+        self.last_horizons: HorizonTrace | None = None  # what the last MoH sampling run saw (inspectable)
 
     # --- pieces -------------------------------------------------------------------------------------
     @property
@@ -261,22 +228,6 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
         cfg = self.config
         return FlowMatching(FlowSettings(cfg.time_sampler, cfg.beta_alpha, cfg.num_steps))
 
-    @property
-    def device(self) -> torch.device:
-        return self.transformer.pos_emb.device
-
-    def _to_device(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        dev = self.device
-        return {k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-    def _batch_size(self, batch: Mapping[str, Any]) -> int:
-        for key in (*self.config.camera_keys, STATE_KEY, "action"):
-            if key in batch:
-                return int(batch[key].shape[0])
-        if isinstance(batch.get("task"), list | tuple):
-            return len(batch["task"])
-        raise PolicyError("cannot tell the batch size: no camera, state, action or task in the batch")
-
     def _embodiment_ids(self, batch: Mapping[str, Any], b: int) -> torch.Tensor:
         ids = batch.get("embodiment_id")
         if ids is None:
@@ -291,30 +242,29 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
         batch_key = "action_slot_mask" if key == "action" else "state_slot_mask"
         if batch_key in batch:
             return torch.as_tensor(batch[batch_key], device=self.device).bool().reshape(b, dim)
-        if isinstance(self.normalizer, MultiNormalizer) and key in self.normalizer.tables:
-            table = torch.as_tensor(self.normalizer.tables[key][2], device=self.device)
-            return table[ids].bool()
+        table = self.embodiments
+        if table is not None and key in table.slots:
+            return table.slot_mask(key, self.device)[ids]
         return torch.ones(b, dim, dtype=torch.bool, device=self.device)
 
     def _state_slots(self, state: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """A native-layout state (from a robot or simulator) -> the slot layout, by embodiment."""
         if state.shape[-1] == slotlib.NUM_SLOTS or not self.uses_slots:
             return state
-        if not isinstance(self.normalizer, MultiNormalizer) or STATE_KEY not in self.normalizer.slots:
+        table = self.embodiments
+        if table is None or STATE_KEY not in table.slots:
             raise PolicyError(
                 f"observation.state has {state.shape[-1]} values but this policy reads the "
                 f"{slotlib.NUM_SLOTS}-slot layout and has no per-embodiment slots to place it"
             )
         out = state.new_zeros(*state.shape[:-1], slotlib.NUM_SLOTS)
         for e in ids.unique().tolist():
-            slots = self.normalizer.slots[STATE_KEY][e]
-            if len(slots) != state.shape[-1]:
-                name = self.normalizer.names[e]
-                raise PolicyError(f"{name}: observation.state has {state.shape[-1]} values, expected {len(slots)}")
+            layout = table.layout(table.names[e])
+            if layout.state_dim != state.shape[-1]:
+                n = len(layout.state_slots)
+                raise PolicyError(f"{layout.name}: observation.state has {state.shape[-1]} values, expected {n}")
             rows = (ids == e).nonzero().squeeze(-1)
-            placed = out[rows]
-            placed[..., torch.as_tensor(slots, device=state.device)] = state[rows]
-            out[rows] = placed
+            out[rows] = layout.state_to_slots(state[rows])
         return out
 
     def encode(self, batch: Mapping[str, Any]) -> Encoded:
@@ -323,17 +273,8 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
         b = self._batch_size(batch)
         ids = self._embodiment_ids(batch, b)
         size = cfg.image_size if cfg.backbone == "default" else None  # a VLM resizes to its own size
-        images = {}
-        for key in cfg.camera_keys:
-            if key not in batch:
-                raise PolicyError(f"the batch is missing camera {key!r}")
-            x = to_float_images(batch[key], size)
-            if x.dim() != 5 or x.shape[1] != cfg.n_obs:
-                raise PolicyError(f"{key!r} should be (B, n_obs={cfg.n_obs}, 3, H, W), got {tuple(x.shape)}")
-            images[key] = x.to(self.device)
-        tasks = batch.get("task")
-        tasks = [""] * b if tasks is None else ([tasks] * b if isinstance(tasks, str) else list(tasks))
-        tokens, valid = self.backbone(images, tasks)
+        images = {k: x.to(self.device) for k, x in camera_frames(batch, cfg.camera_keys, cfg.n_obs, size).items()}
+        tokens, valid = self.backbone(images, self._tasks(batch))
         cond = self.cond_proj(tokens.to(self.cond_proj.weight.dtype))
         cond = torch.cat([self.null_cond.expand(b, -1, -1), cond], dim=1)
         valid = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=cond.device), valid.to(cond.device)], dim=1)
@@ -380,32 +321,30 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self._to_device(batch)
         cfg = self.config
-        actions = batch["action"]
-        if actions.shape[1:] != (cfg.chunk_size, cfg.action_dim):
-            raise PolicyError(f"action should be (B, {cfg.chunk_size}, {cfg.action_dim}), got {tuple(actions.shape)}")
+        actions = self._action_chunk(batch)
         enc = self.encode(batch)
-        actions = self.normalize("action", actions.float(), enc.embodiment_id)
+        actions = self.normalize("action", actions, enc.embodiment_id)
         mask = enc.action_mask[:, None, :].expand(-1, cfg.chunk_size, -1)
         if "action_is_pad" in batch:
             mask = mask & ~batch["action_is_pad"].bool()[:, :, None]
         records: list[LayerRecord] = []
         info: dict[str, float] = {}
         if self.moh is not None:
-            t = self.flow.sample_times(actions.shape[0], actions.device)
-            noise = torch.randn(actions.shape, device="cpu").to(actions)
-            x_t, target = interpolate(actions, noise, t)
-            out = self.velocity(enc, x_t, t, records)
+            inputs = self.flow.training_inputs(actions)
+            out = self.velocity(enc, inputs.x_in, inputs.noise_cond, records)
             assert isinstance(out, HorizonOutput)
-            flow_loss, info = mixture_loss(out, target, mask, cfg.moh_horizon_loss_weight, cfg.moh_balance_weight)
-            info["t_mean"] = float(t.mean())
+            flow_loss, info = mixture_loss(
+                out, inputs.target, mask, cfg.moh_horizon_loss_weight, cfg.moh_balance_weight
+            )
+            info.update(inputs.info)
         else:
 
-            def net(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            def net(x_t: torch.Tensor, t: torch.Tensor, step: int | None) -> torch.Tensor:
                 v = self.velocity(enc, x_t, t, records)
                 assert isinstance(v, torch.Tensor)
                 return v
 
-            flow_loss, info = self.flow.loss(net, actions, mask)
+            flow_loss, info = self.flow.network_loss(net, actions, mask)
         supcon, balance = self.routing_losses(records, enc)
         loss = flow_loss + cfg.supcon_weight * supcon + cfg.balance_weight * balance
         info = {
@@ -444,49 +383,37 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, chunk_size, action_dim) actions in raw units; padded slots are exactly 0."""
+        """(B, chunk_size, action_dim) actions in raw units; padded slots are exactly 0. A mixture of
+        horizons leaves its `HorizonTrace` in `last_horizons`."""
         cfg = self.config
         batch = self._to_device(batch)
         enc = self.encode(batch)
-        self.last_horizons = []
+        trace = HorizonTrace() if self.moh is not None else None
 
-        def net(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def net(x_t: torch.Tensor, t: torch.Tensor, step: int | None) -> torch.Tensor:
             v = self.velocity(enc, x_t, t)
             if isinstance(v, HorizonOutput):
-                self.last_horizons.append(v)
+                assert trace is not None
+                trace.add(v)
                 return v.fused
             return v
 
         shape = (enc.cond.shape[0], cfg.chunk_size, cfg.action_dim)
-        x = self.flow.sample(net, shape, self.device, num_steps, generator, noise)
+        x = self.flow.sample(net, shape, num_steps, self.device, generator, noise)
+        self.last_horizons = trace
         x = self.unnormalize("action", x, enc.embodiment_id)
         return torch.where(enc.action_mask[:, None, :], x, torch.zeros_like(x))
 
     @torch.no_grad()
-    def predict_plan(
-        self,
-        batch: Mapping[str, Any],
-        num_steps: int | None = None,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chunk, n_exec (B,)): with a mixture of horizons and `dynamic_ratio` set, how many steps to
-        execute comes from the horizons' disagreement summed over the Euler steps (dynamic inference)."""
-        chunk = self.predict_chunk(batch, num_steps, generator, noise)
-        score = None
-        if self.last_horizons:
-            score = torch.stack([disagreement(v) for v in self.last_horizons]).sum(0)
-        return chunk, self.dynamic_n_exec(score, chunk.shape[0])
-
-    @torch.no_grad()
     def predict_native(self, batch: Mapping[str, Any], **kwargs: Any) -> list[np.ndarray]:
         """Per row, the chunk (H, D_e) in its robot's native layout and units (the slots it uses)."""
-        chunk = self.predict_chunk(batch, **kwargs).cpu().numpy()
+        chunk = self.predict_chunk(batch, **kwargs).cpu()
         b = chunk.shape[0]
         ids = self._embodiment_ids(self._to_device(batch), b).cpu().tolist()
-        if not self.uses_slots or not isinstance(self.normalizer, MultiNormalizer):
-            return [chunk[i] for i in range(b)]
-        return [slotlib.from_slots(chunk[i], self.normalizer.slots["action"][e]) for i, e in enumerate(ids)]
+        table = self.embodiments
+        if not self.uses_slots or table is None:
+            return [chunk[i].numpy() for i in range(b)]
+        return [table.layout(table.names[e]).to_native(chunk[i]).numpy() for i, e in enumerate(ids)]
 
     # --- routing inspection ---------------------------------------------------------------------------
     def routing_levels(self) -> tuple[torch.Tensor, str]:
@@ -504,7 +431,7 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
             enc = self.encode(batch)
             actions = self.normalize("action", batch["action"].float(), enc.embodiment_id)
             t = torch.as_tensor(level, device=self.device).float().reshape(-1).expand(actions.shape[0])
-            x_t, _ = interpolate(actions, torch.randn_like(actions), t)
+            x_t = self.flow.training_inputs(actions, level=t, noise=torch.randn_like(actions)).x_in
             records: list[LayerRecord] = []
             self.velocity(enc, x_t, t, records)
         finally:
@@ -516,24 +443,13 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
 
     # --- accounting -------------------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
-        """Total parameters, those used per token of the action network ("active"), and the parts."""
-        total = self.num_parameters()
-        experts = active_experts = routers = 0
-        for block in self.transformer.blocks:
-            moe = getattr(block.ffn, "moe", None)
-            if moe is None:
-                continue
-            per = sum(p.numel() for p in moe.experts[0].parameters())
-            experts += per * moe.n_experts
-            active_experts += per * moe.top_k
-            routers += sum(p.numel() for p in moe.router.parameters())
+        """As `Policy.parameter_counts` (per token of the action network), plus the conditioning backbone's
+        share and the action network's ("action_network", "action_network_active")."""
+        counts = super().parameter_counts()
         backbone = sum(p.numel() for p in self.backbone.parameters())
         return {
-            "total": total,
-            "active": total - experts + active_experts,
-            "action_network": total - backbone,
-            "action_network_active": total - backbone - experts + active_experts,
+            **counts,
+            "action_network": counts["total"] - backbone,
+            "action_network_active": counts["active"] - backbone,
             "backbone": backbone,
-            "experts": experts,
-            "routers": routers,
         }

@@ -1,14 +1,14 @@
 """Config of MoDE, the mixture-of-denoising-experts diffusion transformer policy.
 
-Defaults are the paper's values (see docs in shared/reference/policies.md, section 1);
-`from_preset("paper")` is exactly the defaults, `from_preset("cpu")` a small model for tests and
-laptops. `use_moe=False` gives the dense diffusion-transformer baseline from the same code (each
-sparse MoE FFN replaced by one SwiGLU FFN of the same per-expert width).
+Defaults are the MoDE paper's values; `from_preset("paper")` is exactly the defaults,
+`from_preset("cpu")` a small model for tests and laptops. `use_moe=False` gives the dense
+diffusion-transformer baseline from the same code (each sparse MoE FFN replaced by one SwiGLU FFN of
+the same per-expert width).
 
-Mixture of Horizons (policies.md section 3): `horizons=(3, 6, ..., 30)` predicts every horizon in one
-pass of the shared denoiser and fuses the denoiser outputs at every sampling step; it needs
-`action_attention="full"` (with causal attention a step's output would not depend on the horizon)
-and `chunk_size == max(horizons)`. `dynamic_ratio` turns on dynamic inference (the policy picks how
+Mixture of Horizons (vla.policies.modules.horizons): `horizons=(3, 6, ..., 30)` predicts every
+horizon in one pass of the shared denoiser and fuses the denoiser outputs at every sampling step; it
+needs `action_attention="full"` (with causal attention a step's output would not depend on the
+horizon) and `chunk_size == max(horizons)`. `dynamic_ratio` turns on dynamic inference (the policy picks how
 many steps of each chunk to execute, `predict_plan`).
 """
 
@@ -18,19 +18,19 @@ import dataclasses
 from typing import Any, ClassVar
 
 from vla.errors import PolicyError
-from vla.policies.config import PolicyConfig
+from vla.policies.config import ConditioningFields, HorizonFields, PolicyConfig
 from vla.policies.modules.diffusion import SIGMA_SCHEDULES, EDMSettings
-from vla.policies.modules.horizons import ACTION_ATTENTION, DEFAULT_HORIZONS, horizon_config_problems
-from vla.policies.modules.language import LANGUAGE_ENCODERS
-from vla.policies.modules.vision import NORMS
+from vla.policies.modules.horizons import ACTION_ATTENTION
 
 GOAL_TYPES = ("language", "image")
 
 
 @dataclasses.dataclass(frozen=True)
-class MoDEConfig(PolicyConfig):
+class MoDEConfig(HorizonFields, ConditioningFields, PolicyConfig):
     name: ClassVar[str] = "mode"
     presets: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below
+    # with causal attention among the action tokens every horizon would predict a step alike
+    moh_fixed: ClassVar[dict[str, Any]] = {"action_attention": "full"}
 
     # --- transformer ---
     width: int = 1024
@@ -55,12 +55,7 @@ class MoDEConfig(PolicyConfig):
     goal_type: str = "language"  # language | image
     goal_dropout: float = 0.1  # per sample, the goal is replaced by the "no goal" zero vector
     goal_image_key: str = "observation.goal_image"  # (B, 3, H, W) uint8, when goal_type == "image"
-    language_encoder: str = "minilm"  # minilm | clip (frozen, not saved with the weights)
-    language_path: str | None = None  # local model directory; None: the packaged all-MiniLM-L6-v2
-    language_dim: int = 384  # the encoder's embedding size (checked when the encoder loads)
-    vision_widths: tuple[int, ...] = (64, 128, 256, 512)  # ResNet-18 layout
-    vision_blocks: tuple[int, ...] = (2, 2, 2, 2)
-    vision_norm: str = "group"  # group | batch
+    # language and vision encoder settings: ConditioningFields
     vision_weights: tuple[str, ...] | None = None  # optional local safetensors, one per camera
     # --- diffusion (EDM) ---
     sigma_data: float = 0.5
@@ -70,15 +65,7 @@ class MoDEConfig(PolicyConfig):
     rho: float = 7.0
     train_noise_scale: float = 0.5  # log-logistic scale of training log-sigmas (location log(sigma_data))
     num_sampling_steps: int = 10
-    # --- mixture of horizons (None: off) ---
-    horizons: tuple[int, ...] | None = None  # e.g. MOH_HORIZONS = (3, 6, ..., 30); chunk_size = max
-    moh_gate_noise: bool = True  # learned-std Gaussian noise on the gate logits in training
-    moh_horizon_loss_weight: float = 1.0  # weight of the summed per-horizon losses
-    moh_balance_weight: float = 1e-3  # squared coefficient of variation of horizon usage
-    dynamic_ratio: float | None = None  # dynamic inference threshold ratio r (None: execute n_action_steps)
-    dynamic_window: int = 5  # threshold = mean disagreement of the first `dynamic_window` steps * r
-    dynamic_min_steps: int = 5  # always execute at least this many steps
-    dynamic_stop_cover: int = 5  # stop at a step covered by this many horizons or fewer
+    # mixture of horizons and dynamic inference: HorizonFields
     # --- optimiser (read by the trainer; the authors' LIBERO settings) ---
     optimizer_lr: float = 1e-4
     optimizer_betas: tuple[float, float] = (0.9, 0.95)
@@ -93,12 +80,10 @@ class MoDEConfig(PolicyConfig):
             problems.append(f"top_k {self.top_k} must be in [1, n_experts={self.n_experts}]")
         if self.goal_type not in GOAL_TYPES:
             problems.append(f"goal_type {self.goal_type!r} not in {GOAL_TYPES}")
-        if self.language_encoder not in LANGUAGE_ENCODERS:
-            problems.append(f"language_encoder {self.language_encoder!r} not in {LANGUAGE_ENCODERS}")
+        problems += self.language_problems()
         if self.sigma_schedule not in SIGMA_SCHEDULES:
             problems.append(f"sigma_schedule {self.sigma_schedule!r} not in {SIGMA_SCHEDULES}")
-        if self.vision_norm not in NORMS:
-            problems.append(f"vision_norm {self.vision_norm!r} not in {NORMS}")
+        problems += self.vision_problems()
         if not self.camera_keys and self.state_dim is None:
             problems.append("the policy needs at least one camera or a state")
         if self.vision_weights is not None and len(self.vision_weights) != len(self.camera_keys):
@@ -107,7 +92,7 @@ class MoDEConfig(PolicyConfig):
             problems.append("num_sampling_steps must be >= 1")
         if self.action_attention not in ACTION_ATTENTION:
             problems.append(f"action_attention {self.action_attention!r} not in {ACTION_ATTENTION}")
-        problems += horizon_config_problems(self)
+        problems += self.horizon_problems()
         if self.horizons is not None and len(self.horizons) > 1 and self.action_attention != "full":
             problems.append(
                 "a mixture of horizons needs action_attention='full' (with causal attention every "
@@ -146,15 +131,6 @@ class MoDEConfig(PolicyConfig):
         if self.goal_type == "image":
             out[self.goal_image_key] = None
         return out
-
-
-MOH_HORIZONS = DEFAULT_HORIZONS  # the released MoH scripts' horizons, 3..30 step 3
-
-
-def moh_overrides(horizons: tuple[int, ...] = MOH_HORIZONS) -> dict[str, Any]:
-    """Config overrides that turn a MoDE config into its mixture-of-horizons version."""
-    hs = tuple(sorted(horizons))
-    return {"horizons": hs, "action_attention": "full", "chunk_size": max(hs)}
 
 
 MoDEConfig.presets.update(

@@ -24,26 +24,27 @@ Each block: x = x + Attn(Norm(x) + c); x = x + FFN(Norm(x)), with FFN a sparse M
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vla.errors import PolicyError
+from vla.keys import STATE_KEY
 from vla.policies.mode.caching import ExpertCache, build_expert_cache, schedule_key
 from vla.policies.mode.configuration_mode import MoDEConfig
+from vla.policies.modules.attention import Attention
+from vla.policies.modules.conditioning import ObservationEncoder, camera_frames, embed_instructions
 from vla.policies.modules.diffusion import EDM
 from vla.policies.modules.horizons import (
     DynamicHorizonPolicy,
     HorizonLayout,
     HorizonOutput,
+    HorizonTrace,
     MixtureOfHorizons,
-    disagreement,
     mixture_loss,
 )
-from vla.policies.modules.language import get_language_encoder
+from vla.policies.modules.init import init_linear_weights
 from vla.policies.modules.moe import (
     MoELayer,
     NoiseRouter,
@@ -52,7 +53,7 @@ from vla.policies.modules.moe import (
     dense_routing_weights,
     load_balancing_loss,
 )
-from vla.policies.modules.vision import FiLMResNet, to_float_images
+from vla.policies.modules.vision import to_float_images
 from vla.policies.policy import Policy
 from vla.policies.routing import LayerRouting
 
@@ -70,33 +71,6 @@ class NoiseEmbedding(nn.Module):
         return self.mlp(noise_cond.reshape(-1, 1).to(self.mlp[0].weight.dtype))
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, dim: int, n_heads: int, dropout: float, resid_dropout: float, qk_norm: bool):
-        super().__init__()
-        self.n_heads = n_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim, bias=False)
-        head = dim // n_heads
-        self.q_norm = nn.RMSNorm(head, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(head, eps=1e-6) if qk_norm else nn.Identity()
-        self.dropout = dropout
-        self.resid_dropout = nn.Dropout(resid_dropout)
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`attn_mask` (T, T) bool, True = may attend; None = causal."""
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(
-            self.q_norm(q),
-            self.k_norm(k),
-            v,
-            attn_mask=attn_mask,
-            is_causal=attn_mask is None,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(b, t, d)))
-
-
 class DiTBlock(nn.Module):
     """x = x + Attn(Norm(x) + c); x = x + FFN(Norm(x)) with a noise-routed MoE (or dense) FFN."""
 
@@ -104,7 +78,9 @@ class DiTBlock(nn.Module):
         super().__init__()
         d = config.width
         self.norm1 = nn.RMSNorm(d, eps=1e-6)
-        self.attn = CausalSelfAttention(d, config.n_heads, config.attn_dropout, config.resid_dropout, config.qk_norm)
+        self.attn = Attention(
+            d, config.n_heads, config.attn_dropout, config.qk_norm, config.resid_dropout, fused_qkv=True
+        )
         self.norm2 = nn.RMSNorm(d, eps=1e-6)
         hidden = config.ffn_mult * d
         self.ffn: MoELayer | SwiGLU
@@ -119,7 +95,7 @@ class DiTBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, c: torch.Tensor, ffn: FFNOverride | None = None, attn_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, Routing | None]:
-        x = x + self.attn(self.norm1(x) + c.unsqueeze(1), attn_mask)
+        x = x + self.attn(self.norm1(x) + c.unsqueeze(1), mask=attn_mask, causal=attn_mask is None)
         h = self.norm2(x)
         if ffn is not None:  # a cached fused expert: no router, no dispatch
             return x + ffn(h), None
@@ -142,7 +118,7 @@ class MoDETransformer(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.n_layers))
         self.norm = nn.RMSNorm(d, eps=1e-6)
         self.action_out = nn.Linear(d, config.action_dim)
-        self.apply(_init_weights)
+        init_linear_weights(self)
         nn.init.normal_(self.pos_emb, std=0.02)
 
     def forward(
@@ -185,71 +161,23 @@ class MoDETransformer(nn.Module):
         return self.norm(x[:, n_ctx:]), routings
 
 
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-
-def _module_key(camera_key: str) -> str:
-    return camera_key.replace(".", "__")
-
-
-class ObservationEncoder(nn.Module):
-    """Goal and observations -> context tokens (B, 1 + n_obs_tokens, d) and the goal vector for FiLM."""
-
-    def __init__(self, config: MoDEConfig):
-        super().__init__()
-        d = config.width
-        self.config = config
-        if config.goal_type == "language":
-            self.goal = nn.Linear(config.language_dim, d)
-        else:
-            self.goal = FiLMResNet(d, None, config.vision_widths, config.vision_blocks, config.vision_norm)
-        self.cameras = nn.ModuleDict(
-            {
-                _module_key(k): FiLMResNet(d, d, config.vision_widths, config.vision_blocks, config.vision_norm)
-                for k in config.camera_keys
-            }
-        )
-        if config.vision_weights:
-            for k, path in zip(config.camera_keys, config.vision_weights, strict=True):
-                self.cameras[_module_key(k)].load_weights(path)
-        self.state = nn.Linear(config.state_dim, d) if config.state_dim is not None else None
-
-    def forward(self, batch: Mapping[str, Any], goal_input: torch.Tensor, keep_goal: torch.Tensor | None):
-        """`goal_input`: language embeddings (B, language_dim) or goal images (B, 3, H, W) in [0, 1];
-        `keep_goal` (B,) bool: False drops the goal (goal dropout)."""
-        cfg = self.config
-        if cfg.goal_type == "language":
-            if keep_goal is not None:
-                goal_input = goal_input * keep_goal.unsqueeze(-1).to(goal_input)
-            goal = self.goal(goal_input)
-        else:
-            goal = self.goal(goal_input)
-            if keep_goal is not None:
-                goal = goal * keep_goal.unsqueeze(-1).to(goal)
-        tokens = [goal.unsqueeze(1)]
-        for key in cfg.camera_keys:
-            images = to_float_images(batch[key], cfg.image_size).to(goal)  # (B, n_obs, 3, H, W)
-            if images.dim() != 5 or images.shape[1] != cfg.n_obs:
-                raise PolicyError(f"{key!r} should be (B, n_obs={cfg.n_obs}, 3, H, W), got {tuple(images.shape)}")
-            b, n = images.shape[:2]
-            cond = goal.repeat_interleave(n, dim=0)
-            tokens.append(self.cameras[_module_key(key)](images.flatten(0, 1), cond).view(b, n, -1))
-        if self.state is not None:
-            tokens.append(self.state(batch["observation.state"].to(goal)))  # (B, n_obs, d)
-        return torch.cat(tokens, dim=1), goal
-
-
 class MoDEPolicy(DynamicHorizonPolicy, Policy):
     config_class = MoDEConfig
     config: MoDEConfig
 
     def __init__(self, config: MoDEConfig, dataset_stats: Mapping[str, Mapping[str, Any]] | None = None):
         super().__init__(config, dataset_stats)
-        self.obs_encoder = ObservationEncoder(config)
+        goal_dim = config.language_dim if config.goal_type == "language" else None
+        self.obs_encoder = ObservationEncoder(
+            config.width,
+            config.camera_keys,
+            config.vision_widths,
+            config.vision_blocks,
+            config.vision_norm,
+            goal_dim,
+            config.state_dim,
+            config.vision_weights,
+        )
         self.transformer = MoDETransformer(config)
         # Mixture of Horizons: the gate (its only weights) and the layout of the horizons' segments.
         self.moh = (
@@ -275,36 +203,13 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
             self._edm = EDM(settings)
         return self._edm
 
-    @property
-    def device(self) -> torch.device:
-        return self.transformer.pos_emb.device
-
     def _goal_input(self, batch: Mapping[str, Any]) -> torch.Tensor:
         cfg = self.config
         if cfg.goal_type == "image":
             if cfg.goal_image_key not in batch:
                 raise PolicyError(f"goal_type='image' needs {cfg.goal_image_key!r} in the batch")
             return to_float_images(batch[cfg.goal_image_key], cfg.image_size).to(self.device)
-        tasks = batch.get("task")
-        batch_size = self._batch_size(batch)
-        if tasks is None:
-            tasks = [""] * batch_size
-        tasks = [tasks] * batch_size if isinstance(tasks, str) else list(tasks)
-        if any(tasks):  # all-"" batches need no encoder (zeros): tests and goal-free tasks stay light
-            encoder = get_language_encoder(cfg.language_encoder, cfg.language_path)
-            if encoder.dim != cfg.language_dim:
-                raise PolicyError(
-                    f"language encoder {cfg.language_encoder!r} gives {encoder.dim}-d embeddings but "
-                    f"language_dim is {cfg.language_dim}; set language_dim={encoder.dim}"
-                )
-            return encoder(tasks).to(self.device)
-        return torch.zeros(batch_size, cfg.language_dim, device=self.device)
-
-    def _batch_size(self, batch: Mapping[str, Any]) -> int:
-        for key in (*self.config.camera_keys, "observation.state", "action"):
-            if key in batch:
-                return int(batch[key].shape[0])
-        raise PolicyError("cannot tell the batch size: no camera, state or action in the batch")
+        return embed_instructions(self._tasks(batch), cfg, self.device)
 
     def encode_observations(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Goal and observation tokens (B, 1 + n_obs_tokens, width): computed once per chunk."""
@@ -313,28 +218,22 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
         keep = None
         if self.training and cfg.goal_dropout > 0:
             keep = torch.rand(self._batch_size(batch), device=self.device) >= cfg.goal_dropout
+        state = None
         if cfg.state_dim is not None:
-            state = batch.get("observation.state")
+            state = batch.get(STATE_KEY)
             if state is None or state.dim() != 3 or state.shape[1:] != (cfg.n_obs, cfg.state_dim):
                 got = None if state is None else tuple(state.shape)
                 raise PolicyError(f"observation.state should be (B, n_obs={cfg.n_obs}, {cfg.state_dim}), got {got}")
-            state = self.normalize("observation.state", state.float(), batch.get("embodiment_id"))
-            batch = {**batch, "observation.state": state}
-        context, _ = self.obs_encoder(batch, self._goal_input(batch), keep)
+            state = self.normalize(STATE_KEY, state.float(), batch.get("embodiment_id"))
+        images = camera_frames(batch, cfg.camera_keys, cfg.n_obs, cfg.image_size)
+        context, _ = self.obs_encoder(images, self._goal_input(batch), state, keep)
         return context
-
-    def _to_device(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        dev = self.device
-        return {k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     # --- training -----------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self._to_device(batch)
         cfg = self.config
-        actions = batch["action"]
-        if actions.shape[1:] != (cfg.chunk_size, cfg.action_dim):
-            raise PolicyError(f"action should be (B, {cfg.chunk_size}, {cfg.action_dim}), got {tuple(actions.shape)}")
-        actions = self.normalize("action", actions.float(), batch.get("embodiment_id"))
+        actions = self.normalize("action", self._action_chunk(batch), batch.get("embodiment_id"))
         mask = ~batch["action_is_pad"] if "action_is_pad" in batch else None
         context = self.encode_observations(batch)
         routings: list[Routing] = []
@@ -347,7 +246,7 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
                 routings.extend(r)
                 return out
 
-            diffusion_loss, info = self.edm.loss(net, actions, mask)
+            diffusion_loss, info = self.edm.network_loss(net, actions, mask)
         loss = diffusion_loss
         info = {"diffusion_loss": float(diffusion_loss.detach()), **info}
         if routings:
@@ -386,20 +285,17 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
     def _moh_loss(
         self, actions: torch.Tensor, mask: torch.Tensor | None, context: torch.Tensor, routings: list[Routing]
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """EDM's denoising loss (as `EDM.loss` draws it) on the fused output, plus the per-horizon
-        losses and the horizon balance term (`mixture_loss`)."""
-        cfg, edm = self.config, self.edm
-        sigma = edm.sample_training_sigmas(actions.shape[0], actions.device)
-        noise = torch.randn(actions.shape, device="cpu").to(actions)
-        sigma = sigma.to(actions)
-        s = sigma.reshape(-1, 1, 1)
-        c_skip, c_out = (c.reshape(-1, 1, 1) for c in edm.scalings(sigma))
-        noised = actions + noise * s
-        x_in = noised / (s**2 + cfg.sigma_data**2).sqrt()  # EDM's c_in
-        out = self._horizon_outputs(x_in, edm.noise_cond(sigma), context, routings=routings)
-        target = (actions - c_skip * noised) / c_out
-        loss, info = mixture_loss(out, target, mask, cfg.moh_horizon_loss_weight, cfg.moh_balance_weight)
-        return loss, {"sigma_mean": float(sigma.mean()), **info}
+        """EDM's denoising loss on the fused output, plus the per-horizon losses and the horizon balance
+        term (`mixture_loss`)."""
+        cfg = self.config
+        inputs = self.edm.training_inputs(actions)
+        # c_in as a division, as this loss has always computed it: `inputs.x_in` (diffusers) multiplies by
+        # the reciprocal, which differs in the last bit and would change trained MoH weights.
+        s = inputs.level.reshape(-1, 1, 1)
+        x_in = inputs.noised / (s**2 + cfg.sigma_data**2).sqrt()
+        out = self._horizon_outputs(x_in, inputs.noise_cond, context, routings=routings)
+        loss, info = mixture_loss(out, inputs.target, mask, cfg.moh_horizon_loss_weight, cfg.moh_balance_weight)
+        return loss, {**inputs.info, **info}
 
     # --- inference ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -410,42 +306,8 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, chunk_size, action_dim) actions in raw units. `noise` (B, H, A) fixes the initial noise."""
-        return self._sample(batch, num_steps, generator, noise)[0]
-
-    @torch.no_grad()
-    def predict_plan(
-        self,
-        batch: Mapping[str, Any],
-        num_steps: int | None = None,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chunk (B, H, A), n_exec (B,)): how many actions of each row's chunk to execute.
-
-        With a mixture of horizons and `dynamic_ratio` set, n_exec comes from the horizons' consensus
-        (dynamic inference); otherwise it is `n_action_steps` for every row."""
-        cfg = self.config
-        chunk, trace = self._sample(batch, num_steps, generator, noise)
-        n_exec = self.dynamic_n_exec(None if trace is None else trace.disagreement, chunk.shape[0])
-        if trace is not None and cfg.dynamic_ratio is not None:
-            trace.n_exec = n_exec
-        return chunk, n_exec
-
-    @property
-    def decides_horizon(self) -> bool:
-        """As DynamicHorizonPolicy's, and True for a subclass with its own `predict_plan`."""
-        if type(self).predict_plan is not MoDEPolicy.predict_plan:
-            return True
-        return DynamicHorizonPolicy.decides_horizon.fget(self)  # type: ignore[attr-defined]
-
-    def _sample(
-        self,
-        batch: Mapping[str, Any],
-        num_steps: int | None,
-        generator: torch.Generator | None,
-        noise: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, HorizonTrace | None]:
+        """(B, chunk_size, action_dim) actions in raw units. `noise` (B, H, A) fixes the initial noise; a
+        mixture of horizons leaves its `HorizonTrace` in `last_horizons`."""
         cfg = self.config
         steps = num_steps or cfg.num_sampling_steps
         context = self.encode_observations(batch)
@@ -463,7 +325,7 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
         shape = (context.shape[0], cfg.chunk_size, cfg.action_dim)
         x = self.edm.sample(net, shape, steps, self.device, generator, noise)
         self.last_horizons = trace
-        return self.unnormalize("action", x, self._to_device(batch).get("embodiment_id")), trace
+        return self.unnormalize("action", x, self._to_device(batch).get("embodiment_id"))
 
     # --- expert caching -------------------------------------------------------------------------------
     def cache_experts(self, dtype: str = "float32", fold: str = "scale", num_steps: int | None = None) -> ExpertCache:
@@ -525,10 +387,9 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
             batch = self._to_device(batch)
             actions = self.normalize("action", batch["action"].float(), batch.get("embodiment_id"))
             context = self.encode_observations(batch)
-            sigma = level.to(actions).reshape(-1, 1, 1)
-            noised = actions + torch.randn_like(actions) * sigma
-            x_in = noised / (sigma**2 + self.config.sigma_data**2).sqrt()
-            noise_cond = self.edm.noise_cond(sigma.reshape(-1))
+            # the noise router reads only the noise level: the noisy chunk does not change the routing
+            inputs = self.edm.training_inputs(actions, level=level, noise=torch.randn_like(actions))
+            x_in, noise_cond = inputs.x_in, inputs.noise_cond
             if self.moh is not None:
                 routings: list[Routing] = []
                 self._horizon_outputs(x_in, noise_cond, context, routings=routings)
@@ -543,41 +404,10 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
 
     # --- accounting ---------------------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
-        """Total parameters, and those used per denoiser call with and without expert caching."""
-        total = self.num_parameters()
-        experts = routers = active_experts = 0
-        for block in self.transformer.blocks:
-            if isinstance(block.ffn, MoELayer):
-                per_expert = sum(p.numel() for p in block.ffn.experts[0].parameters())
-                experts += per_expert * block.ffn.n_experts
-                active_experts += per_expert * block.ffn.top_k
-                routers += sum(p.numel() for p in block.ffn.router.parameters())
-        shared = total - experts - routers
-        return {
-            "total": total,
-            "active": shared + routers + active_experts,
-            "active_cached": shared + active_experts,
-            "experts": experts,
-            "routers": routers,
-        }
-
-
-@dataclass
-class HorizonTrace:
-    """One MoH sampling run, kept for inspection: per sampling step the fusion weights (B, n_h, H) and
-    the per-horizon denoiser outputs (B, n_h, H, A); the disagreement summed over steps (B, H); and
-    the executed steps per row when dynamic inference chose them."""
-
-    weights: list[torch.Tensor] = field(default_factory=list)
-    per_horizon: list[torch.Tensor] = field(default_factory=list)
-    disagreement: torch.Tensor | None = None
-    n_exec: torch.Tensor | None = None
-
-    def add(self, out: HorizonOutput) -> None:
-        self.weights.append(out.weights.detach())
-        self.per_horizon.append(out.per_horizon.detach())
-        d = disagreement(out).detach()
-        self.disagreement = d if self.disagreement is None else self.disagreement + d
+        """As `Policy.parameter_counts`, plus "active_cached": per denoiser call with expert caching, where
+        no router runs."""
+        counts = super().parameter_counts()
+        return {**counts, "active_cached": counts["active"] - counts["routers"]}
 
 
 def _usage(routings: list[Routing]) -> dict[str, float]:

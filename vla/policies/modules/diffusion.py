@@ -1,10 +1,8 @@
-"""Denoising objectives over action chunks: EDM diffusion (training loss + deterministic sampler).
+"""EDM diffusion over action chunks: training inputs (noise level, noised chunk, target) and a
+deterministic sampler, behind the objective interface of objective.py.
 
-An objective owns the noise process; the network is a `Denoiser`: `net(x_in, noise_cond, step)`
-returns the raw network output for the (scaled) noisy chunk `x_in` at noise conditioning
-`noise_cond` (B,). `step` is the sampling-step index during sampling (None in training), so a network
-can look up state precomputed per step (MoDE's expert cache). A flow-matching objective can sit
-beside `EDM` with the same two methods, `loss(net, x0, mask)` and `sample(net, shape, num_steps)`.
+The network (`objective.Network`) reads the scaled noisy chunk `x_in` = c_in * x at noise conditioning
+`noise_cond` = c_noise(sigma) (B,) and returns the raw output F, regressed onto the F-space target.
 
 What comes from diffusers (`EDMEulerScheduler`) and what does not:
 - from diffusers: the sampling sigma schedules ("exponential", the MoDE default, and "karras"),
@@ -24,16 +22,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from diffusers import EDMEulerScheduler
 
+from vla.policies.modules.objective import Network, Objective, TrainingInputs
+
 SIGMA_SCHEDULES = ("exponential", "karras")
-
-
-class Denoiser(Protocol):
-    def __call__(self, x_in: torch.Tensor, noise_cond: torch.Tensor, step: int | None) -> torch.Tensor: ...
 
 
 def rand_log_logistic(
@@ -69,7 +64,7 @@ class EDMSettings:
     train_scale: float = 0.5
 
 
-class EDM:
+class EDM(Objective):
     """EDM-preconditioned diffusion (Karras et al. 2022) with log-logistic training noise."""
 
     def __init__(self, settings: EDMSettings | None = None):
@@ -121,45 +116,39 @@ class EDM:
         loc = math.log(s.sigma_data) if s.train_loc is None else s.train_loc
         return rand_log_logistic((n,), loc, s.train_scale, s.sigma_min, s.sigma_max, device, generator)
 
-    def loss(
+    def training_inputs(
         self,
-        net: Denoiser,
         x0: torch.Tensor,
-        mask: torch.Tensor | None = None,
+        level: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
-        sigma: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Denoising loss in the network's output space: mean over valid entries of (F - F_target)^2.
-
-        `mask` (B, H) marks valid chunk steps (False = padding, excluded)."""
-        if sigma is None:
-            sigma = self.sample_training_sigmas(x0.shape[0], x0.device, generator)
-        noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0)
+    ) -> TrainingInputs:
+        """Noise level sigma (log-logistic), x = x0 + sigma * noise, the network input c_in * x, and the
+        F-space target (x0 - c_skip * x) / c_out."""
+        sigma = self.sample_training_sigmas(x0.shape[0], x0.device, generator) if level is None else level
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0)
         sigma = sigma.to(x0)
         c_skip, c_out = (_expand(c, x0) for c in self.scalings(sigma))
         noised = x0 + noise * _expand(sigma, x0)
-        out = net(self._pre.precondition_inputs(noised, _expand(sigma, x0)), self.noise_cond(sigma), None)
+        x_in = self._pre.precondition_inputs(noised, _expand(sigma, x0))
         target = (x0 - c_skip * noised) / c_out
-        err = (out - target).pow(2)
-        if mask is not None:
-            m = mask.to(err.dtype).unsqueeze(-1).expand_as(err)
-            loss = (err * m).sum() / m.sum().clamp_min(1)
-        else:
-            loss = err.mean()
-        return loss, {"sigma_mean": float(sigma.mean())}
+        return TrainingInputs(sigma, noised, x_in, self.noise_cond(sigma), target, "sigma")
 
     @torch.no_grad()
     def sample(
         self,
-        net: Denoiser,
+        net: Network,
         shape: tuple[int, ...],
-        num_steps: int,
+        steps: int | None,
         device: torch.device | str = "cpu",
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Deterministic DDIM sampling from sigma_max * N(0, I) over the schedule's `num_steps` levels."""
-        sched = self.scheduler(num_steps)
+        """Deterministic DDIM sampling from sigma_max * N(0, I) over the schedule's `steps` levels."""
+        if steps is None:
+            raise ValueError("EDM sampling needs the number of steps")
+        sched = self.scheduler(steps)
         sigmas = sched.sigmas
         if noise is None:
             noise = torch.randn(shape, generator=generator, device="cpu")

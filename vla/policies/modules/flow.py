@@ -1,7 +1,8 @@
-"""Flow matching (rectified flow) over action chunks: time sampling, interpolation, loss, Euler sampling.
+"""Flow matching (rectified flow) over action chunks: time sampling, interpolation, Euler sampling, behind
+the objective interface of objective.py.
 
-The objective of pi0-style action experts (HiMoE's paper, shared/reference/policies.md section 2).
-Convention (pi0's, used everywhere here): t = 0 is data and t = 1 is pure noise,
+The objective of pi0-style action experts (and of HiMoE's action head). Convention (pi0's, used
+everywhere here): t = 0 is data and t = 1 is pure noise,
 
     x_t = t * noise + (1 - t) * x,    velocity target u = dx_t/dt = noise - x,
 
@@ -13,23 +14,22 @@ and sampling integrates dx/dt = v(x_t, t) from t = 1 down to t = 0 with `steps` 
   (a power of a uniform is not a Gamma variate, so this is only Beta-shaped): mean ~0.56.
 - "uniform": t ~ U(0.001, 1).
 
-`FlowMatching.loss` takes a per-element mask (padded chunk steps and unused action slots False) and
-averages the squared velocity error over the real elements only, so padding contributes exactly
-nothing (no gradient, and changing targets there leaves the loss bit-identical).
+The network reads x_t at noise conditioning t and returns the velocity. `FlowMatching.loss` takes a
+per-element mask (padded chunk steps and unused action slots False) and averages the squared velocity
+error over the real elements only, so padding contributes exactly nothing (no gradient, and changing
+targets there leaves the loss bit-identical).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from vla.policies.modules.objective import Network, Objective, TrainingInputs
+
 TIME_SAMPLERS = ("beta", "pi0_approx", "uniform")
 T_MIN = 0.001  # times are never exactly 0 (pure data): pi0's offset
-
-# velocity(x_t (B, H, A), t (B,)) -> v (B, H, A)
-VelocityField = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -73,29 +73,13 @@ def interpolate(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[
     return s * noise + (1 - s) * x, noise - x
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean squared error over the elements where `mask` (broadcastable to pred) is True.
-
-    Masked elements are removed with `where`, not multiplied by 0, so a NaN or a huge value at a padded
-    target cannot leak into the loss or its gradient."""
-    err = (pred - target).pow(2)
-    if mask is None:
-        return err.mean()
-    m = mask.expand_as(err)
-    return torch.where(m, err, torch.zeros_like(err)).sum() / m.sum().clamp_min(1)
-
-
-def euler_sample(
-    velocity: VelocityField, noise: torch.Tensor, steps: int, callback: Callable[[int], None] | None = None
-) -> torch.Tensor:
-    """Integrate dx/dt = v(x, t) from x(1) = noise to t = 0 in `steps` Euler steps."""
+def euler_sample(velocity: Network, noise: torch.Tensor, steps: int) -> torch.Tensor:
+    """Integrate dx/dt = v(x, t) from x(1) = noise to t = 0 in `steps` Euler steps (`velocity(x, t, step)`)."""
     x = noise
     dt = 1.0 / steps
     for i in range(steps):
         t = torch.full((x.shape[0],), 1.0 - i * dt, device=x.device, dtype=x.dtype)
-        x = x - dt * velocity(x, t)
-        if callback is not None:
-            callback(i)
+        x = x - dt * velocity(x, t, i)
     return x
 
 
@@ -104,34 +88,42 @@ def euler_times(steps: int) -> torch.Tensor:
     return 1.0 - torch.arange(steps, dtype=torch.float32) / steps
 
 
-class FlowMatching:
-    """The objective as one object (like diffusion.EDM): `loss(net, x, mask)` and `sample(net, shape)`."""
+class FlowMatching(Objective):
+    """Flow matching as an objective (objective.py): the network predicts the velocity."""
 
     def __init__(self, settings: FlowSettings | None = None):
         self.settings = settings or FlowSettings()
 
-    def sample_times(self, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    def sample_times(
+        self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         s = self.settings
-        return sample_times(n, s.time_sampler, s.beta_alpha, device)
+        return sample_times(n, s.time_sampler, s.beta_alpha, device, generator)
 
-    def loss(
-        self, velocity: VelocityField, x: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        t = self.sample_times(x.shape[0], x.device)
-        noise = torch.randn(x.shape, device="cpu").to(x)  # CPU draw: same noise on any device for a seed
-        x_t, target = interpolate(x, noise, t)
-        loss = masked_mse(velocity(x_t, t), target, mask)
-        return loss, {"t_mean": float(t.mean())}
+    def training_inputs(
+        self,
+        x0: torch.Tensor,
+        level: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> TrainingInputs:
+        """Time t, x_t (the network reads it as is, with t) and the velocity target noise - x0."""
+        t = self.sample_times(x0.shape[0], x0.device, generator) if level is None else level
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0)
+        x_t, target = interpolate(x0, noise, t)
+        return TrainingInputs(t, x_t, x_t, t, target, "t")
 
     def sample(
         self,
-        velocity: VelocityField,
+        net: Network,
         shape: tuple[int, ...],
-        device: torch.device | str = "cpu",
         steps: int | None = None,
+        device: torch.device | str = "cpu",
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Euler integration from noise at t = 1 to t = 0 in `steps` steps (None: the settings')."""
         if noise is None:
             noise = torch.randn(shape, generator=generator).to(device)
-        return euler_sample(velocity, noise.to(device), steps or self.settings.steps)
+        return euler_sample(net, noise.to(device), steps or self.settings.steps)

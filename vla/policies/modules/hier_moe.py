@@ -1,7 +1,7 @@
 """HiMoE's layer kinds: Action-Space MoE, Heterogeneity-Balancing MoE, dense GELU MLP, and their losses.
 
-See shared/reference/policies.md, section 2. Built from moe.py's pieces (SwiGLU experts,
-`select_experts`, `MoELayer.dispatch`), so the gating and dispatch are the ones MoDE uses.
+Built from moe.py's pieces (SwiGLU experts, `select_experts`, `MoELayer.dispatch`), so the gating and
+dispatch are the ones MoDE uses.
 
 - `ActionSpaceRouter`: a bias-free linear map from the robot's action-space identity to expert
   logits. `kind="mask"` (the paper): the identity is the 24-bit slot mask. `kind="mask_id"`: the mask

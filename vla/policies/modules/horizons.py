@@ -1,8 +1,8 @@
 """Mixture of Horizons (MoH): one action transformer predicts chunks of several lengths at once.
 
-See shared/reference/policies.md, section 3. The wrapper is objective-agnostic: it turns the
-action part of any policy whose action tokens go through a transformer (MoDE's denoiser, a
-flow-matching head, a one-step regression head) into a mixture of horizons:
+The wrapper is objective-agnostic: it turns the action part of any policy whose action tokens go
+through a transformer (MoDE's denoiser, a flow-matching head, a one-step regression head) into a
+mixture of horizons:
 
 - `HorizonLayout`: horizons {3, 6, ..., 30} by default. All horizons go through the shared
   transformer in ONE pass as one long sequence: [context tokens, segment of horizon h_1 (h_1
@@ -38,6 +38,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vla.policies.modules.objective import masked_mean
 
 ACTION_ATTENTION = ("causal", "full")
 DEFAULT_HORIZONS: tuple[int, ...] = tuple(range(3, 31, 3))
@@ -239,19 +241,13 @@ class MixtureOfHorizons(nn.Module):
         return HorizonOutput(fused, per_horizon, weights, cover, logits)
 
 
-def _masked_mean(err: torch.Tensor, mask: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    # `where`, not a product: a non-finite value at a masked entry must not reach the mean or its gradient
-    m = mask.bool().expand_as(err)
-    return torch.where(m, err, torch.zeros_like(err)).sum(dims) / m.to(err.dtype).sum(dims).clamp_min(1)
-
-
 def balance_loss(weights: torch.Tensor, cover: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Squared coefficient of variation of the horizons' usage: the mean fusion weight of each horizon
     over the steps it covers (and the valid steps of the batch). 0 when every horizon is used alike."""
     mask = cover.unsqueeze(0).expand_as(weights)
     if valid is not None:
         mask = mask & valid.unsqueeze(1)
-    usage = _masked_mean(weights, mask, (0, 2))  # (n_h,)
+    usage = masked_mean(weights, mask, (0, 2))  # (n_h,)
     if usage.numel() < 2:
         return usage.sum() * 0
     return usage.var(unbiased=False) / usage.mean().pow(2).clamp_min(1e-12)
@@ -273,9 +269,9 @@ def mixture_loss(
     valid_steps = torch.ones(b, h, dtype=torch.bool, device=target.device) if valid is None else valid.bool()
     valid_elems = valid_steps if valid_steps.dim() == 3 else valid_steps.unsqueeze(-1)  # (B, H, A or 1)
     valid_steps = valid_elems.any(-1)
-    fused = _masked_mean((out.fused - target).pow(2), valid_elems, (0, 1, 2))
+    fused = masked_mean((out.fused - target).pow(2), valid_elems, (0, 1, 2))
     mask = out.cover[None, :, :, None] & valid_elems.unsqueeze(1)  # (B, n_h, H, A or 1)
-    per = _masked_mean((out.per_horizon - target.unsqueeze(1)).pow(2), mask, (0, 2, 3))  # (n_h,)
+    per = masked_mean((out.per_horizon - target.unsqueeze(1)).pow(2), mask, (0, 2, 3))  # (n_h,)
     balance = balance_loss(out.weights, out.cover, valid_steps)
     loss = fused + horizon_weight * per.sum() + balance_weight * balance
     info = {"fused_loss": float(fused.detach()), "horizon_loss": float(per.sum().detach())}
@@ -287,6 +283,28 @@ def disagreement(out: HorizonOutput) -> torch.Tensor:
     """(B, H): per step, sum over covering horizons of weight * L1(horizon output - fused output)."""
     dist = (out.per_horizon - out.fused.unsqueeze(1)).abs().sum(-1)  # (B, n_h, H)
     return (out.weights * dist * out.cover.unsqueeze(0)).sum(1)
+
+
+@dataclass
+class HorizonTrace:
+    """One mixture-of-horizons sampling run, kept for inspection (`policy.last_horizons`): per sampling step
+    the fusion weights (B, n_h, H) and the per-horizon outputs (B, n_h, H, A); the disagreement summed
+    over the steps (B, H); and the executed steps per row when dynamic inference chose them."""
+
+    weights: list[torch.Tensor] = field(default_factory=list)
+    per_horizon: list[torch.Tensor] = field(default_factory=list)
+    disagreement: torch.Tensor | None = None
+    n_exec: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        """The sampling steps recorded."""
+        return len(self.weights)
+
+    def add(self, out: HorizonOutput) -> None:
+        self.weights.append(out.weights.detach())
+        self.per_horizon.append(out.per_horizon.detach())
+        d = disagreement(out).detach()
+        self.disagreement = d if self.disagreement is None else self.disagreement + d
 
 
 def dynamic_horizon(
@@ -313,9 +331,31 @@ def dynamic_horizon(
 
 class DynamicHorizonPolicy:
     """Dynamic inference for a policy with a mixture of horizons (`self.moh`) whose config carries
-    `dynamic_ratio/window/min_steps/stop_cover`: `n_exec` from the horizons' accumulated disagreement,
-    `set_dynamic_horizon`, and `select_action` queueing the chosen number of steps. Mixed into the
-    policy class before `Policy`."""
+    `dynamic_ratio/window/min_steps/stop_cover` and whose `predict_chunk` leaves the run's `HorizonTrace`
+    in `self.last_horizons` (None without a mixture): `predict_plan`, `n_exec` from the horizons'
+    accumulated disagreement, `set_dynamic_horizon`, and `select_action` queueing the chosen number of
+    steps. Mixed into the policy class before `Policy`."""
+
+    last_horizons: HorizonTrace | None = None
+
+    @torch.no_grad()
+    def predict_plan(
+        self,
+        batch: Mapping[str, Any],
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chunk (B, H, A), n_exec (B,)): how many actions of each row's chunk to execute.
+
+        With a mixture of horizons and `dynamic_ratio` set, n_exec comes from the horizons' disagreement
+        summed over the sampling steps (dynamic inference); otherwise it is `n_action_steps` for every row."""
+        chunk = self.predict_chunk(batch, num_steps, generator, noise)  # type: ignore[attr-defined]
+        trace = self.last_horizons
+        n_exec = self.dynamic_n_exec(None if trace is None else trace.disagreement, chunk.shape[0])
+        if trace is not None and self.config.dynamic_ratio is not None:  # type: ignore[attr-defined]
+            trace.n_exec = n_exec
+        return chunk, n_exec
 
     def dynamic_n_exec(self, score: torch.Tensor | None, rows: int) -> torch.Tensor:
         """(B,) steps to execute: the consensus when dynamic inference is on, else n_action_steps."""
@@ -329,7 +369,10 @@ class DynamicHorizonPolicy:
 
     @property
     def decides_horizon(self) -> bool:
-        """Whether `predict_plan` picks the number of executed steps (MoH with dynamic inference on)."""
+        """Whether `predict_plan` picks the number of executed steps: MoH with dynamic inference on, or a
+        subclass with its own `predict_plan`."""
+        if type(self).predict_plan is not DynamicHorizonPolicy.predict_plan:
+            return True
         return self.moh is not None and self.config.dynamic_ratio is not None  # type: ignore[attr-defined]
 
     def set_dynamic_horizon(self, ratio: float | None) -> None:

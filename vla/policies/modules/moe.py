@@ -196,6 +196,26 @@ class MoELayer(nn.Module):
         return out.reshape(x.shape)
 
 
+@dataclass(frozen=True)
+class ExpertParameters:
+    """Parameter counts of the MoE layers inside a module."""
+
+    experts: int  # every expert of every layer
+    active: int  # the experts one routing unit (token or sequence) runs: top_k per layer
+    routers: int
+
+
+def expert_parameters(module: nn.Module) -> ExpertParameters:
+    experts = active = routers = 0
+    for m in module.modules():
+        if isinstance(m, MoELayer):
+            per_expert = sum(p.numel() for p in m.experts[0].parameters())
+            experts += per_expert * m.n_experts
+            active += per_expert * m.top_k
+            routers += sum(p.numel() for p in m.router.parameters())
+    return ExpertParameters(experts, active, routers)
+
+
 # --- fusion --------------------------------------------------------------------------------------
 
 
