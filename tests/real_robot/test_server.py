@@ -134,9 +134,9 @@ def test_serves_a_real_checkpoint(tmp_path: Path) -> None:
 
 def test_serves_the_steps_a_dynamic_horizon_policy_chooses(tmp_path: Path) -> None:
     """`vla serve --dynamic-horizon`: each reply holds the actions the mixture of horizons chose to execute."""
-    from vla.policies.mode.configuration_mode import moh_overrides
+    from vla.policies.mode.configuration_mode import MoDEConfig
 
-    ckpt = tiny_mode_checkpoint(tmp_path / "ckpt", **moh_overrides((2, 4, 6)))
+    ckpt = tiny_mode_checkpoint(tmp_path / "ckpt", **MoDEConfig.moh_overrides((2, 4, 6)))
     planner = load_policy_planner(str(ckpt), dynamic_horizon=1.3)
     planner.warmup()
     with PolicyServer(planner, port=0) as server:

@@ -10,6 +10,9 @@ ConditioningFields, PolicyConfig)`, so the base's fields come first in the saved
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -46,10 +49,21 @@ class PolicyConfig:
             v = getattr(self, f.name)
             if isinstance(v, list):
                 object.__setattr__(self, f.name, _to_tuple(v))
+        self._check_field_types()
         if self.chunk_size < 1 or self.n_obs < 1 or self.action_dim < 1:
             raise PolicyError(f"chunk_size, n_obs and action_dim must be >= 1 (got {self})")
         if not 1 <= self.n_action_steps <= self.chunk_size:
             raise PolicyError(f"n_action_steps must be in [1, chunk_size={self.chunk_size}], got {self.n_action_steps}")
+
+    def _check_field_types(self) -> None:
+        """A value of the wrong kind (a config.json edited by hand, a `--set` typo) is refused here, naming the
+        field, instead of failing later inside a comparison or a layer size."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _matches(value, hints.get(f.name, Any)):
+                kind = _describe(hints[f.name])
+                raise PolicyError(f"{self.name or 'policy'} config field {f.name!r} should be {kind}, got {value!r}")
 
     # --- presets and serialisation -----------------------------------------------------------
     @classmethod
@@ -163,6 +177,42 @@ class HorizonFields:
 
     def horizon_problems(self) -> list[str]:
         return horizon_config_problems(self)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a config value fits its annotation (the kinds configs use: numbers, strings, bools, None,
+    tuples, mappings, unions); anything more exotic is not checked."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+    if origin in (Mapping, dict):
+        key_hint, value_hint = args or (Any, Any)
+        return isinstance(value, Mapping) and all(
+            _matches(k, key_hint) and _matches(v, value_hint) for k, v in value.items()
+        )
+    return True
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def _to_tuple(v: Any) -> Any:

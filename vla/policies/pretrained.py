@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -28,9 +29,11 @@ from safetensors.torch import load_file, save_file
 from vla.datasets.normalize import MultiNormalizer, Normalizer
 from vla.datasets.spec import StoreSpec
 from vla.errors import PolicyError
+from vla.keys import ACTION_KEY, STATE_KEY
 from vla.policies.embodiment import EmbodimentTable
 
 if TYPE_CHECKING:
+    from vla.policies.config import PolicyConfig
     from vla.policies.policy import Policy
 
 CONFIG_FILE = "config.json"
@@ -79,17 +82,25 @@ def load_pretrained(
         raise PolicyError(f"{d} is not a policy checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
         raw = json.loads((d / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PolicyError(f"{d / CONFIG_FILE}: unreadable policy config ({e})") from None
+    if not isinstance(raw, dict):
+        raise PolicyError(f"{d / CONFIG_FILE}: should hold a JSON object of config fields, not a {type(raw).__name__}")
     specific = expected is not None and bool(expected.config_class.name)
     config_cls, model_cls = get_policy(raw.get("type", expected.config_class.name if specific else ""))
     if specific and not issubclass(model_cls, expected):
         raise PolicyError(f"{d} holds a {raw.get('type')!r} policy, not a {expected.config_class.name!r} one")
-    model = model_cls(config_cls.from_dict(raw))
+    try:
+        config = config_cls.from_dict(raw)
+    except PolicyError as e:
+        raise PolicyError(f"{d / CONFIG_FILE}: {e}") from None
+    _check_local_paths(config, d / CONFIG_FILE)
+    model = model_cls(config)
     try:
         weights = load_file(str(d / WEIGHTS_FILE), device=str(map_location))
     except (OSError, SafetensorError) as e:
         raise PolicyError(f"{d / WEIGHTS_FILE}: unreadable weights ({e}); the checkpoint is damaged") from None
+    _check_finite_weights(weights, d / WEIGHTS_FILE)
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
@@ -100,10 +111,53 @@ def load_pretrained(
         try:
             nd = json.loads(norm_path.read_text())
             normalizer = MultiNormalizer.from_state_dict(nd) if "normalizers" in nd else Normalizer.from_state_dict(nd)
-        except (json.JSONDecodeError, KeyError, ValueError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
             raise PolicyError(f"{norm_path}: unreadable normalisation statistics ({e})") from None
+        _check_normalizer(normalizer, config, norm_path)
         model.set_normalization(normalizer, _load_embodiments(d / EMBODIMENTS_FILE))
     return model.to(map_location)
+
+
+def _check_local_paths(config: PolicyConfig, path: Path) -> None:
+    """A model directory the policy loads lazily (the language encoder) must exist now, not fail every request
+    later. Paths loaded while the policy is built (vision weights, a VLM backbone) fail there already."""
+    language = getattr(config, "language_path", None)
+    if language is not None and not Path(language).exists():
+        raise PolicyError(
+            f"{path} [language_path]: {language} does not exist; copy the language model there or set "
+            "language_path to where it is"
+        )
+
+
+def _check_finite_weights(weights: Mapping[str, torch.Tensor], path: Path) -> None:
+    """NaN or inf in a weight makes every action NaN (an arm would hold, a simulator fail): refuse at load."""
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise PolicyError(
+                f"{path} [{name}]: holds NaN or infinite values; the checkpoint is damaged (use an earlier one)"
+            )
+
+
+def _check_normalizer(normalizer: Normalizer | MultiNormalizer, config: PolicyConfig, path: Path) -> None:
+    """Statistics must be finite, scales non-zero, and each vector as long as the policy's input or output."""
+    if isinstance(normalizer, MultiNormalizer):
+        tables = [(f"{name}.", n) for name, n in zip(normalizer.names, normalizer.normalizers, strict=True)]
+    else:
+        sizes = {ACTION_KEY: config.action_dim, STATE_KEY: config.state_dim}
+        tables = [("", normalizer)]
+    for prefix, table in tables:
+        for key, norm in table.norms.items():
+            where = f"{path} [{prefix}{key}]"
+            if not (np.isfinite(norm.offset).all() and np.isfinite(norm.scale).all()):
+                raise PolicyError(f"{where}: offset/scale hold NaN or infinite values; recompute the statistics")
+            if (norm.scale == 0).any():
+                raise PolicyError(f"{where}: a scale of 0 would divide by zero; recompute the statistics")
+            expected = None if isinstance(normalizer, MultiNormalizer) else sizes.get(key)
+            if expected is not None and norm.offset.size not in (1, expected):  # a scalar statistic broadcasts
+                raise PolicyError(
+                    f"{where}: {norm.offset.size} values, the policy's {key} has {expected}; "
+                    f"{path.name} belongs to another policy or data"
+                )
 
 
 def _load_embodiments(path: Path) -> EmbodimentTable | None:
