@@ -18,10 +18,10 @@ from vla.datasets.sampler import MixtureDataset, WindowConfig, WindowDataset
 from vla.datasets.spec import StoreSpec
 from vla.datasets.store import Store
 from vla.errors import PolicyError
+from vla.keys import STATE_KEY
 from vla.policies.config import PolicyConfig
 from vla.train.config import TrainError
 
-STATE_KEY = "observation.state"
 # Data-contract fields of PolicyConfig that are derived from the stores unless given.
 DATA_FIELDS = ("camera_keys", "state_dim", "action_dim")
 
