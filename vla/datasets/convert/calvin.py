@@ -33,7 +33,8 @@ segment, never the dataset. Bad input raises DataError naming the file, the key 
 from __future__ import annotations
 
 import itertools
-import pickle
+import os
+import re
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -57,6 +58,7 @@ from vla.datasets.conventions.calvin import (
 )
 from vla.datasets.convert.base import files_fingerprint
 from vla.datasets.declare import Declaration, preset
+from vla.datasets.pickled import load_pickled_npy
 from vla.datasets.spec import ORIENTATIONS, KeySpec, SourceInfo, StoreSpec
 from vla.datasets.store import Episode
 from vla.errors import DataError
@@ -67,6 +69,7 @@ LANG_FILE = Path("lang_annotations") / "auto_lang_ann.npy"
 SCENE_FILE = "scene_info.npy"
 STATS_FILE = "statistics.yaml"
 NOT_CONVERTED = ("depth_static", "depth_gripper", "rgb_tactile", "depth_tactile")
+FRAME_NAME = re.compile(r"episode_\d{7,}\.npz")
 UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
@@ -109,6 +112,50 @@ def read_segments(path: Path) -> list[tuple[int, int]]:
     return segments
 
 
+def _optional_file(path: Path) -> bool:
+    """Whether an optional index file is there; a dangling symlink is an error, not an absent file."""
+    if path.is_symlink() and not path.exists():
+        raise DataError(path, None, "dangling symlink: its target does not exist; fix the link or remove it")
+    return path.is_file()
+
+
+def check_frame_count(split: Path, segments: list[tuple[int, int]]) -> None:
+    """Refuse a segment longer than the folder's frame files, before its arrays are allocated.
+
+    (A shorter segment with a missing frame fails when that frame is read, after the segments
+    before it are committed, so a resume continues from there.)"""
+    present = sum(1 for entry in os.scandir(split) if FRAME_NAME.fullmatch(entry.name))
+    for first, last in segments:
+        if last - first + 1 > present:
+            raise DataError(
+                split / IDS_FILE,
+                None,
+                f"segment ({first}, {last}) claims {last - first + 1} frames but the folder holds only {present} "
+                "episode_XXXXXXX.npz files; fix the id range or restore the missing frames",
+            )
+
+
+def _optional_file(path: Path) -> bool:
+    """Whether an optional index file is there; a dangling symlink is an error, not an absent file."""
+    if path.is_symlink() and not path.exists():
+        raise DataError(path, None, "dangling symlink: its target does not exist; fix the link or remove it")
+    return path.is_file()
+
+
+def check_frame_count(split: Path, segments: list[tuple[int, int]]) -> None:
+    """Refuse segments that claim more frames than the folder holds, before anything is allocated."""
+    present = sum(1 for entry in os.scandir(split) if FRAME_NAME.fullmatch(entry.name))
+    claimed = sum(last - first + 1 for first, last in segments)
+    if claimed > present:
+        longest = max(segments, key=lambda seg: seg[1] - seg[0])
+        raise DataError(
+            split / IDS_FILE,
+            None,
+            f"segments claim {claimed} frames but the folder holds {present} episode_XXXXXXX.npz files "
+            f"(longest segment {longest}); fix the id ranges or restore the missing frames",
+        )
+
+
 def _lang_list(lang: dict, path: Path, group: str, key: str) -> list[Any]:
     try:
         value = lang[group][key]
@@ -129,13 +176,9 @@ def read_language(
     path: Path, segments: list[tuple[int, int]]
 ) -> tuple[dict[int, list[tuple[int, int, str]]], list[str], int]:
     """Segment number -> its windows (segment-relative start, exclusive end, text); task names; count."""
-    if not path.is_file():
+    if not _optional_file(path):
         return {}, [], 0
-    try:
-        raw = np.load(path, allow_pickle=True)  # CALVIN stores a pickled dict: there is no other way to read it
-        lang = raw.item() if isinstance(raw, np.ndarray) and raw.shape == () else raw
-    except (*UNREADABLE, pickle.UnpicklingError, AttributeError, ImportError) as e:
-        raise DataError(path, None, f"cannot read the annotation file: {e}") from None
+    lang = load_pickled_npy(path)
     if not isinstance(lang, dict):
         raise DataError(path, None, f"expected a pickled dict with 'language' and 'info', got {type(lang).__name__}")
     texts = _lang_list(lang, path, "language", "ann")
@@ -153,7 +196,7 @@ def read_language(
         key = f"info.indx[{n}]"
         try:
             first, last = (int(v) for v in span)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise DataError(path, key, f"expected a (first, last) pair of frame ids, got {span!r}") from None
         if last < first:
             raise DataError(path, key, f"window ({first}, {last}) ends before it starts")
@@ -172,16 +215,17 @@ def read_language(
 
 def read_scene_info(path: Path) -> dict[str, list[int]]:
     """scene name -> [first id, last id] (training splits only; recorded as the file says)."""
-    if not path.is_file():
+    if not _optional_file(path):
         return {}
+    info = load_pickled_npy(path)
+    if not isinstance(info, dict):
+        raise DataError(
+            path, None, f"expected a pickled dict of scene name -> [first id, last id], got {type(info).__name__}"
+        )
     try:
-        raw = np.load(path, allow_pickle=True)
-        info = raw.item() if isinstance(raw, np.ndarray) and raw.shape == () else raw
-        if not isinstance(info, dict):
-            raise ValueError(f"expected a pickled dict, got {type(info).__name__}")
         return {str(name): [int(a), int(b)] for name, (a, b) in info.items()}
-    except (*UNREADABLE, pickle.UnpicklingError, TypeError, AttributeError, ImportError) as e:
-        raise DataError(path, None, f"cannot read scene info: {e}") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DataError(path, None, f"expected scene name -> [first id, last id]: {e}") from None
 
 
 def _checked_lowdim(path: Path, key: str, arr: np.ndarray, width: int) -> np.ndarray:
@@ -223,6 +267,7 @@ class CalvinConverter:
         self.lowdim_targets = lowdim_targets(self.action_source)
         self.orientation = self._orientations()
         self.segments = read_segments(self.src / IDS_FILE)
+        check_frame_count(self.src, self.segments)
         self.windows, self.task_names, self.num_windows = read_language(self.src / LANG_FILE, self.segments)
         self.scenes = read_scene_info(self.src / SCENE_FILE)
         self.image_shapes = self._image_shapes()
