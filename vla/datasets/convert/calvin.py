@@ -135,26 +135,6 @@ def check_frame_count(split: Path, segments: list[tuple[int, int]]) -> None:
             )
 
 
-def _optional_file(path: Path) -> bool:
-    """Whether an optional index file is there; a dangling symlink is an error, not an absent file."""
-    if path.is_symlink() and not path.exists():
-        raise DataError(path, None, "dangling symlink: its target does not exist; fix the link or remove it")
-    return path.is_file()
-
-
-def check_frame_count(split: Path, segments: list[tuple[int, int]]) -> None:
-    """Refuse segments that claim more frames than the folder holds, before anything is allocated."""
-    present = sum(1 for entry in os.scandir(split) if FRAME_NAME.fullmatch(entry.name))
-    claimed = sum(last - first + 1 for first, last in segments)
-    if claimed > present:
-        longest = max(segments, key=lambda seg: seg[1] - seg[0])
-        raise DataError(
-            split / IDS_FILE,
-            None,
-            f"segments claim {claimed} frames but the folder holds {present} episode_XXXXXXX.npz files "
-            f"(longest segment {longest}); fix the id ranges or restore the missing frames",
-        )
-
 
 def _lang_list(lang: dict, path: Path, group: str, key: str) -> list[Any]:
     try:
