@@ -60,11 +60,13 @@ def convert(
 ) -> None:
     """Convert demonstrations into a store, episode by episode; an interrupted run resumes."""
     from vla.datasets.convert.base import convert as run_convert
-    from vla.datasets.declare import Declaration, preset
+    from vla.datasets.declare import Declaration, check_fps, preset
 
     if fmt not in CONVERTERS:
         choices = ", ".join(CONVERTERS.names())
         raise typer.BadParameter(f"unknown format {fmt!r}; choose one of {choices}", param_hint="--from")
+    if fps is not None:
+        check_fps(fps, "--fps")
     decl = Declaration.from_yaml(declare) if declare else Declaration()
     decl = decl.updated(
         fps=fps,

@@ -135,7 +135,6 @@ def check_frame_count(split: Path, segments: list[tuple[int, int]]) -> None:
             )
 
 
-
 def _lang_list(lang: dict, path: Path, group: str, key: str) -> list[Any]:
     try:
         value = lang[group][key]
