@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from vla.datasets.convert.base import convert
-from vla.datasets.pickled import load_pickled_npy
+from vla.datasets.npyfile import load_npy
 from vla.datasets.store import PARTIAL_SUFFIX, Store
 from vla.errors import DataError
 from vla.testing.calvin_data import LANG_FILE, write_calvin_split
@@ -84,13 +84,13 @@ def test_a_persistent_id_is_refused(tmp_path):
     np.lib.format.write_array_header_1_0(buf, {"descr": "|O", "fortran_order": False, "shape": ()})
     P(buf, protocol=3).dump({"a": "b"})
     (tmp_path / "f.npy").write_bytes(buf.getvalue())
-    with pytest.raises(DataError, match="refused to unpickle persistent id"):
-        load_pickled_npy(tmp_path / "f.npy")
+    with pytest.raises(DataError, match="refused to unpickle persistent_id"):
+        load_npy(tmp_path / "f.npy")
 
 
 @pytest.mark.parametrize("name", [LANG_FILE, SCENE_FILE], ids=["lang", "scene"])
 def test_the_real_fixture_files_read_as_numpy_reads_them(split, name):
-    safe = load_pickled_npy(split / name)
+    safe = load_npy(split / name)
     trusted = np.load(split / name, allow_pickle=True).item()
     assert pickle.dumps(safe) == pickle.dumps(trusted)
 
@@ -104,12 +104,12 @@ def test_numpy_1_pickles_read_too(split, tmp_path):
     old = raw.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
     assert old != raw  # protocol 3 names globals as text lines
     path.write_bytes(old)
-    assert pickle.dumps(load_pickled_npy(path)) == pickle.dumps(trusted)
+    assert pickle.dumps(load_npy(path)) == pickle.dumps(trusted)
 
 
 def test_a_plain_number_array_reads_without_pickle(tmp_path):
     np.save(tmp_path / "ids.npy", np.arange(6).reshape(3, 2))
-    assert load_pickled_npy(tmp_path / "ids.npy").tolist() == [[0, 1], [2, 3], [4, 5]]
+    assert load_npy(tmp_path / "ids.npy").tolist() == [[0, 1], [2, 3], [4, 5]]
 
 
 def test_conversion_of_the_fixture_is_unchanged(split, tmp_path):
@@ -118,11 +118,12 @@ def test_conversion_of_the_fixture_is_unchanged(split, tmp_path):
 
     safe = Store(convert("calvin", split, tmp_path / "safe", progress=False).store.path)
 
-    def trusting(path: Path) -> Any:
-        return np.load(path, allow_pickle=True).item()
+    def trusting(path: Path, pickled: bool = True) -> Any:
+        value = np.load(path, allow_pickle=True)
+        return value.item() if value.dtype == object and value.shape == () else value
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(calvin, "load_pickled_npy", trusting)
+    mp.setattr(calvin, "load_npy", trusting)
     try:
         trusted = Store(convert("calvin", split, tmp_path / "trusted", progress=False).store.path)
     finally:
@@ -131,3 +132,13 @@ def test_conversion_of_the_fixture_is_unchanged(split, tmp_path):
     for key in (*safe.keys, "episode_index", "timestamp"):
         assert np.array_equal(safe.array(key)[:], trusted.array(key)[:])
     assert [safe.episode(i).annotations for i in range(2)] == [trusted.episode(i).annotations for i in range(2)]
+
+
+def test_an_index_file_of_pickled_objects_is_refused_without_unpickling(split, tmp_path):
+    marker = tmp_path / "pwned"
+    np.save(
+        split / "ep_start_end_ids.npy", np.asarray([[_payloads(marker)["os.system"], 1]], object), allow_pickle=True
+    )
+    with pytest.raises(DataError, match="expected an array of plain numbers"):
+        convert("calvin", split, tmp_path / "out", progress=False)
+    assert not marker.exists()

@@ -35,8 +35,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import zipfile
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,7 +56,7 @@ from vla.datasets.conventions.calvin import (
 )
 from vla.datasets.convert.base import files_fingerprint
 from vla.datasets.declare import Declaration, preset
-from vla.datasets.pickled import load_pickled_npy
+from vla.datasets.npyfile import load_npy
 from vla.datasets.spec import ORIENTATIONS, KeySpec, SourceInfo, StoreSpec
 from vla.datasets.store import Episode
 from vla.errors import DataError
@@ -70,7 +68,9 @@ SCENE_FILE = "scene_info.npy"
 STATS_FILE = "statistics.yaml"
 NOT_CONVERTED = ("depth_static", "depth_gripper", "rgb_tactile", "depth_tactile")
 FRAME_NAME = re.compile(r"episode_\d{7,}\.npz")
-UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+# Garbled bytes fail inside numpy, zipfile, zlib or the .npy header parser with almost any exception
+# type (NotImplementedError, TokenError, ...): while reading a file, every one of them means "corrupt".
+UNREADABLE = (Exception,)
 
 
 def frame_path(split: Path, frame_id: int) -> Path:
@@ -93,10 +93,7 @@ def find_split(src: Path) -> Path:
 
 def read_segments(path: Path) -> list[tuple[int, int]]:
     """(first, last) inclusive frame ids of the continuous segments, sorted, checked for overlap."""
-    try:
-        ids = np.load(path, allow_pickle=False)
-    except UNREADABLE as e:
-        raise DataError(path, None, f"cannot read: {e}") from None
+    ids = load_npy(path, pickled=False)
     if not (isinstance(ids, np.ndarray) and ids.ndim == 2 and ids.shape[1] == 2 and ids.dtype.kind in "iu"):
         got = f"shape {ids.shape}, dtype {ids.dtype}" if isinstance(ids, np.ndarray) else type(ids).__name__
         raise DataError(path, None, f"expected a (K, 2) integer array of (first, last) frame ids, got {got}")
@@ -157,7 +154,7 @@ def read_language(
     """Segment number -> its windows (segment-relative start, exclusive end, text); task names; count."""
     if not _optional_file(path):
         return {}, [], 0
-    lang = load_pickled_npy(path)
+    lang = load_npy(path)
     if not isinstance(lang, dict):
         raise DataError(path, None, f"expected a pickled dict with 'language' and 'info', got {type(lang).__name__}")
     texts = _lang_list(lang, path, "language", "ann")
@@ -196,7 +193,7 @@ def read_scene_info(path: Path) -> dict[str, list[int]]:
     """scene name -> [first id, last id] (training splits only; recorded as the file says)."""
     if not _optional_file(path):
         return {}
-    info = load_pickled_npy(path)
+    info = load_npy(path)
     if not isinstance(info, dict):
         raise DataError(
             path, None, f"expected a pickled dict of scene name -> [first id, last id], got {type(info).__name__}"

@@ -49,10 +49,10 @@ class _DataUnpickler(pickle.Unpickler):
             raise _Refused(module, name) from None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise _Refused("persistent id", repr(pid)[:60])
+        raise _Refused("persistent_id", repr(pid)[:60])
 
 
-def _read(fh: io.BufferedReader) -> Any:
+def _read(path: Path, fh: io.BufferedReader, pickled: bool) -> Any:
     version = npy_format.read_magic(fh)
     if version not in _HEADER_READERS:
         raise ValueError(f"unsupported .npy format version {version}")
@@ -60,17 +60,22 @@ def _read(fh: io.BufferedReader) -> Any:
     if not dtype.hasobject:  # plain numbers: numpy reads them without any pickle
         fh.seek(0)
         return np.load(fh, allow_pickle=False)
+    if not pickled:
+        raise DataError(path, None, f"holds pickled objects (dtype {dtype}); expected an array of plain numbers")
     value = _DataUnpickler(fh).load()
     if isinstance(value, np.ndarray) and value.shape == () and value.dtype.hasobject:
         return value.item()  # np.save wraps a pickled object in a 0-d object array
     return value
 
 
-def load_pickled_npy(path: Path) -> Any:
-    """The object a `.npy` file holds (dicts, lists, tuples, str, numbers, numpy arrays), or DataError."""
+def load_npy(path: Path, *, pickled: bool = True) -> Any:
+    """What a `.npy` file holds: a number array, or (if `pickled`) a pickled object made of dicts, lists,
+    tuples, str, numbers and numpy arrays. Anything else, or unreadable bytes, is a DataError."""
     try:
         with open(path, "rb") as fh:
-            return _read(fh)
+            return _read(path, fh, pickled)
+    except DataError:
+        raise
     except _Refused as e:
         raise DataError(
             path,
