@@ -54,7 +54,8 @@ def convert(
     key: Annotated[list[str] | None, typer.Option(help="SOURCE_KEY=STORE_KEY renaming (repeatable).")] = None,
     task: Annotated[str | None, typer.Option(help="Language instruction for sources that carry none.")] = None,
     overwrite: Annotated[
-        bool, typer.Option(help="Replace DST if it exists (only once the new store is complete).")
+        bool,
+        typer.Option(help="Replace DST if it is a vla store (once the new one is complete); anything else is refused."),
     ] = False,
     restart: Annotated[bool, typer.Option(help="Ignore a partial conversion at DST.partial and start over.")] = False,
 ) -> None:
