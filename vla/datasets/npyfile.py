@@ -1,4 +1,4 @@
-"""Reading `.npy` files that hold a pickled object (CALVIN's annotation and scene files) safely.
+"""Reading `.npy` files safely: number arrays, and pickled objects such as CALVIN's annotation files.
 
 `np.load(allow_pickle=True)` runs whatever a pickle names: a dataset file could call `os.system`.
 CALVIN's files are pickled dicts of strings, lists, tuples, numbers and numpy arrays, so the

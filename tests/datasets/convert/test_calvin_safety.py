@@ -142,3 +142,9 @@ def test_an_index_file_of_pickled_objects_is_refused_without_unpickling(split, t
     with pytest.raises(DataError, match="expected an array of plain numbers"):
         convert("calvin", split, tmp_path / "out", progress=False)
     assert not marker.exists()
+
+
+def test_a_segment_claiming_ten_billion_frames_is_refused_before_allocating(split, tmp_path):
+    np.save(split / "ep_start_end_ids.npy", np.asarray([[0, 10**10 - 1]], np.int64))
+    with pytest.raises(DataError, match="claims 10000000000 frames but the folder holds only 7"):
+        convert("calvin", split, tmp_path / "out", progress=False)
