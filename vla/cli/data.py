@@ -54,17 +54,20 @@ def convert(
     key: Annotated[list[str] | None, typer.Option(help="SOURCE_KEY=STORE_KEY renaming (repeatable).")] = None,
     task: Annotated[str | None, typer.Option(help="Language instruction for sources that carry none.")] = None,
     overwrite: Annotated[
-        bool, typer.Option(help="Replace DST if it exists (only once the new store is complete).")
+        bool,
+        typer.Option(help="Replace DST if it is a vla store (once the new one is complete); anything else is refused."),
     ] = False,
     restart: Annotated[bool, typer.Option(help="Ignore a partial conversion at DST.partial and start over.")] = False,
 ) -> None:
     """Convert demonstrations into a store, episode by episode; an interrupted run resumes."""
     from vla.datasets.convert.base import convert as run_convert
-    from vla.datasets.declare import Declaration, preset
+    from vla.datasets.declare import Declaration, check_fps, preset
 
     if fmt not in CONVERTERS:
         choices = ", ".join(CONVERTERS.names())
         raise typer.BadParameter(f"unknown format {fmt!r}; choose one of {choices}", param_hint="--from")
+    if fps is not None:
+        check_fps(fps, "--fps")
     decl = Declaration.from_yaml(declare) if declare else Declaration()
     decl = decl.updated(
         fps=fps,

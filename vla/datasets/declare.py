@@ -16,6 +16,7 @@ Anything a source states itself wins over inference from names; a declaration wi
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 import yaml
 
 from vla.datasets.spec import DimSpec, dims
+from vla.datasets.store import check_text
 from vla.errors import DataError
 
 _XYZ = ("x", "y", "z")
@@ -111,6 +113,17 @@ def _parse_dims(value: Any, where: str) -> tuple[DimSpec, ...]:
     raise DataError(where, None, "expected a preset name or a list of dimensions")
 
 
+def check_fps(value: Any, where: str | Path) -> float:
+    """A control rate: a finite number above zero (NaN and inf would reach every timestamp)."""
+    try:
+        fps = float(value)
+    except (TypeError, ValueError):
+        fps = math.nan
+    if isinstance(value, bool) or not math.isfinite(fps) or fps <= 0:
+        raise DataError(where, "fps", f"must be a finite number of frames per second above 0, got {value!r}")
+    return fps
+
+
 @dataclass(frozen=True)
 class Declaration:
     fps: float | None = None
@@ -123,6 +136,13 @@ class Declaration:
     # source key -> store key (for sources whose names are not the store's vocabulary)
     keys: dict[str, str] = field(default_factory=dict)
     task: str | None = None  # one instruction for sources without language
+
+    def __post_init__(self) -> None:
+        # Every way a declaration is made (flags, YAML, the API) passes here.
+        if self.fps is not None:
+            check_fps(self.fps, "declaration")
+        if self.task is not None:
+            check_text("declaration", "task", self.task)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Declaration:
@@ -139,7 +159,7 @@ class Declaration:
             raise DataError(path, sorted(unknown)[0], f"unknown field; known fields: {', '.join(sorted(known))}")
         cams = d.get("cameras") or {}
         return cls(
-            fps=float(d["fps"]) if d.get("fps") is not None else None,
+            fps=check_fps(d["fps"], path) if d.get("fps") is not None else None,
             embodiment=d.get("embodiment"),
             robot_type=d.get("robot_type"),
             action=_parse_dims(d["action"], f"{path}: action") if d.get("action") is not None else None,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
 import shutil
 from collections.abc import Iterable
@@ -35,6 +37,8 @@ LOWDIM_CHUNK = 4096
 IMAGE_SHARD_FRAMES = 64
 # Frame-level arrays every store has besides the spec's keys.
 INDEX_KEYS = {"episode_index": "int32", "frame_index": "int32", "timestamp": "float32"}
+NAME_MAX = 255  # bytes in one file name on the usual file systems (ext4, xfs, apfs)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,6 +80,42 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def is_finished_store(path: Path) -> bool:
+    """Whether `path` is a folder holding a store this project finished (its root zarr.json says so)."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text())["attributes"][ATTRS_KEY]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return path.is_dir() and not path.is_symlink() and isinstance(meta, dict) and meta.get("format") == STORE_FORMAT
+
+
+def is_partial_store(path: Path) -> bool:
+    """Whether `path` is an unfinished conversion of this project: it has the journal (or, killed
+    between finalize's journal removal and its rename, the finished metadata)."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    return (path / JOURNAL).is_file() or is_finished_store(path)
+
+
+def _what_is_at(path: Path) -> str:
+    if path.is_symlink():
+        return "a symlink"
+    if path.is_dir():
+        n = sum(1 for _ in path.iterdir())
+        return f"a folder with {n} entries and no vla store metadata"
+    return "a file"
+
+
+def check_text(src: str, key: str, text: str) -> None:
+    """Refuse text the store could not write as UTF-8 (a lone surrogate from a mis-decoded source)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(
+            src, key, f"not valid text: lone surrogate {text[e.start]!r} at character {e.start}; fix its encoding"
+        ) from None
+
+
 def spec_fingerprint(spec: StoreSpec, source_fingerprint: str) -> str:
     blob = json.dumps(spec.to_json(), sort_keys=True) + "|" + source_fingerprint
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -100,13 +140,16 @@ class StoreWriter:
         problems = spec.problems()
         if problems:
             raise DataError(spec.source.path or str(path), None, "invalid dataset description: " + "; ".join(problems))
+        if not math.isfinite(spec.fps):  # NaN slips past `fps <= 0`: timestamps would be NaN
+            raise DataError(spec.source.path or str(path), "fps", f"must be a finite number, got {spec.fps!r}")
         self.path = Path(path)
+        if self.path.name in ("", ".", ".."):  # `.` has no name to put `.partial` after
+            self.path = self.path.resolve()
         self.tmp = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
         self.spec = spec
         self.keys = spec.keys()
         self.fingerprint = spec_fingerprint(spec, source_fingerprint)
-        if self.path.exists() and not overwrite:
-            raise DataError(self.path, None, "output already exists; choose another path or pass --overwrite")
+        self._check_destination(overwrite)
         self.action_slots = spec.action_slots or slotlib.assign_slots(spec.action)
         self.state_slots = spec.state_slots or (slotlib.assign_slots(spec.state) if spec.state else ())
         self.resumed = False
@@ -116,6 +159,33 @@ class StoreWriter:
             self._create()
 
     # --- set-up ----------------------------------------------------------------------------
+    def _check_destination(self, overwrite: bool) -> None:
+        """Refuse a DST or DST.partial this project did not write: nothing of the user's is ever deleted."""
+        if len(self.tmp.name.encode()) > NAME_MAX:
+            raise DataError(
+                self.path,
+                None,
+                f"name is too long ({len(self.path.name.encode())} bytes with {PARTIAL_SUFFIX}, "
+                f"at most {NAME_MAX - len(PARTIAL_SUFFIX)}); choose a shorter DST",
+            )
+        if self.path.exists() or self.path.is_symlink():
+            if not overwrite:
+                raise DataError(self.path, None, "output already exists; choose another path or pass --overwrite")
+            if not is_finished_store(self.path):
+                raise DataError(
+                    self.path,
+                    None,
+                    f"--overwrite replaces only a vla store, and this is {_what_is_at(self.path)}; "
+                    "choose another DST, or move it away yourself",
+                )
+        if (self.tmp.exists() or self.tmp.is_symlink()) and not is_partial_store(self.tmp):
+            raise DataError(
+                self.tmp,
+                None,
+                f"is {_what_is_at(self.tmp)}, not a partial conversion written by vla (no "
+                f"{JOURNAL}); rename or move it away, then re-run",
+            )
+
     def _journal_matches(self) -> bool:
         journal = self.tmp / JOURNAL
         if not journal.exists():
@@ -127,9 +197,19 @@ class StoreWriter:
         return state.get("fingerprint") == self.fingerprint
 
     def _create(self) -> None:
-        if self.tmp.exists():
+        if self.tmp.exists():  # a partial conversion (checked in _check_destination) of another source or spec
+            log.warning("deleting the partial conversion %s to start over", self.tmp)
             shutil.rmtree(self.tmp)
-        self.root = zarr.open_group(self.tmp, mode="w")
+        try:
+            self._create_arrays()
+        except OSError as e:
+            raise DataError(self.tmp, None, f"cannot write: {e.strerror or e}; choose a writable DST") from None
+
+    def _create_arrays(self) -> None:
+        # The journal goes first, so even a run killed right here leaves a folder recognisable as ours.
+        self.tmp.mkdir(parents=True)
+        _atomic_write_json(self.tmp / JOURNAL, {"fingerprint": None})
+        self.root = zarr.open_group(self.tmp, mode="a")
         data = self.root.create_group("data")
         for key, ks in self.keys.items():
             data.create_array(key, shape=(0, *ks.shape), dtype=ks.dtype, **_chunking(ks), **_codecs_for(ks))
@@ -208,11 +288,14 @@ class StoreWriter:
                     bad = np.argwhere(~np.isfinite(arr))[0]
                     raise DataError(src, key, f"non-finite value (NaN or inf) at frame {int(bad[0])}")
             out[key] = arr
-        for start, end, text in ep.annotations:
+        if ep.task:
+            check_text(src, "task", ep.task)
+        for i, (start, end, text) in enumerate(ep.annotations):
             if not (0 <= start < end <= n):
                 raise DataError(src, "annotations", f"window [{start}, {end}) outside the episode's {n} frames")
             if not text:
                 raise DataError(src, "annotations", f"window [{start}, {end}) has no text")
+            check_text(src, f"annotations[{i}]", text)
         return out
 
     def add_episode(self, ep: Episode) -> None:
@@ -289,6 +372,11 @@ class StoreWriter:
         self.root.attrs[ATTRS_KEY] = meta
         (self.tmp / JOURNAL).unlink()
         if self.path.exists():  # --overwrite: the old store goes only once the new one is complete
+            if not is_finished_store(self.path):  # it changed while we converted
+                raise DataError(
+                    self.path, None, f"is now {_what_is_at(self.path)}, not the vla store it was; not replaced"
+                )
+            log.warning("replacing the store at %s (--overwrite)", self.path)
             shutil.rmtree(self.path)
         os.replace(self.tmp, self.path)
         return Store(self.path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -15,7 +15,7 @@ from tqdm import tqdm
 from vla.datasets.convert import CONVERTERS
 from vla.datasets.declare import Declaration
 from vla.datasets.spec import StoreSpec
-from vla.datasets.store import Episode, Store, StoreWriter
+from vla.datasets.store import PARTIAL_SUFFIX, Episode, Store, StoreWriter
 from vla.errors import DataError
 
 
@@ -39,13 +39,29 @@ class Converter(Protocol):
 ConverterFactory = Callable[[Path, Declaration], Converter]  # what CONVERTERS (vla.datasets.convert) names
 
 
+def refuse_dangling_symlinks(paths: Iterable[Path]) -> None:
+    """A source entry that is a link to nothing is an error, never silently skipped."""
+    for p in paths:
+        if p.is_symlink() and not p.exists():
+            raise DataError(p, None, "dangling symlink: its target does not exist; fix the link or remove it")
+
+
 def files_fingerprint(paths: list[Path]) -> str:
     """Identity of source files by name, size and modification time (cheap, no reading)."""
+    refuse_dangling_symlinks(paths)
     h = hashlib.sha256()
     for p in sorted(paths):
         st = os.stat(p)
         h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
+
+
+def check_outside_source(src: Path, dst: Path) -> None:
+    """DST and DST.partial must neither be the source, nor inside it, nor contain it: the source is never touched."""
+    out = dst.resolve()
+    for path in (out, out.with_name(out.name + PARTIAL_SUFFIX)):
+        if path == src or src in path.parents or path in src.parents:
+            raise DataError(dst, None, f"the output {path} overlaps the source {src}; choose a DST outside the source")
 
 
 @dataclass
@@ -78,6 +94,7 @@ def convert(
         raise DataError(src, None, "source does not exist")
     make: ConverterFactory = CONVERTERS.load(fmt)
     converter = make(src, declaration or Declaration())
+    check_outside_source(src, Path(dst))
     spec = converter.spec()
     writer = StoreWriter(dst, spec, source_fingerprint=converter.fingerprint(), resume=resume, overwrite=overwrite)
     skipped = writer.done_episodes

@@ -33,9 +33,8 @@ segment, never the dataset. Bad input raises DataError naming the file, the key 
 from __future__ import annotations
 
 import itertools
-import pickle
-import zipfile
-import zlib
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ from vla.datasets.conventions.calvin import (
 )
 from vla.datasets.convert.base import files_fingerprint
 from vla.datasets.declare import Declaration, preset
+from vla.datasets.npyfile import load_npy
 from vla.datasets.spec import ORIENTATIONS, KeySpec, SourceInfo, StoreSpec
 from vla.datasets.store import Episode
 from vla.errors import DataError
@@ -67,7 +67,10 @@ LANG_FILE = Path("lang_annotations") / "auto_lang_ann.npy"
 SCENE_FILE = "scene_info.npy"
 STATS_FILE = "statistics.yaml"
 NOT_CONVERTED = ("depth_static", "depth_gripper", "rgb_tactile", "depth_tactile")
-UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+FRAME_NAME = re.compile(r"episode_\d{7,}\.npz")
+# Garbled bytes fail inside numpy, zipfile, zlib or the .npy header parser with almost any exception
+# type (NotImplementedError, TokenError, ...): while reading a file, every one of them means "corrupt".
+UNREADABLE = (Exception,)
 
 
 def frame_path(split: Path, frame_id: int) -> Path:
@@ -90,10 +93,7 @@ def find_split(src: Path) -> Path:
 
 def read_segments(path: Path) -> list[tuple[int, int]]:
     """(first, last) inclusive frame ids of the continuous segments, sorted, checked for overlap."""
-    try:
-        ids = np.load(path, allow_pickle=False)
-    except UNREADABLE as e:
-        raise DataError(path, None, f"cannot read: {e}") from None
+    ids = load_npy(path, pickled=False)
     if not (isinstance(ids, np.ndarray) and ids.ndim == 2 and ids.shape[1] == 2 and ids.dtype.kind in "iu"):
         got = f"shape {ids.shape}, dtype {ids.dtype}" if isinstance(ids, np.ndarray) else type(ids).__name__
         raise DataError(path, None, f"expected a (K, 2) integer array of (first, last) frame ids, got {got}")
@@ -107,6 +107,29 @@ def read_segments(path: Path) -> list[tuple[int, int]]:
         if a1 <= b0:
             raise DataError(path, None, f"segments ({a0}, {b0}) and ({a1}, {b1}) overlap")
     return segments
+
+
+def _optional_file(path: Path) -> bool:
+    """Whether an optional index file is there; a dangling symlink is an error, not an absent file."""
+    if path.is_symlink() and not path.exists():
+        raise DataError(path, None, "dangling symlink: its target does not exist; fix the link or remove it")
+    return path.is_file()
+
+
+def check_frame_count(split: Path, segments: list[tuple[int, int]]) -> None:
+    """Refuse a segment longer than the folder's frame files, before its arrays are allocated.
+
+    (A shorter segment with a missing frame fails when that frame is read, after the segments
+    before it are committed, so a resume continues from there.)"""
+    present = sum(1 for entry in os.scandir(split) if FRAME_NAME.fullmatch(entry.name))
+    for first, last in segments:
+        if last - first + 1 > present:
+            raise DataError(
+                split / IDS_FILE,
+                None,
+                f"segment ({first}, {last}) claims {last - first + 1} frames but the folder holds only {present} "
+                "episode_XXXXXXX.npz files; fix the id range or restore the missing frames",
+            )
 
 
 def _lang_list(lang: dict, path: Path, group: str, key: str) -> list[Any]:
@@ -129,13 +152,9 @@ def read_language(
     path: Path, segments: list[tuple[int, int]]
 ) -> tuple[dict[int, list[tuple[int, int, str]]], list[str], int]:
     """Segment number -> its windows (segment-relative start, exclusive end, text); task names; count."""
-    if not path.is_file():
+    if not _optional_file(path):
         return {}, [], 0
-    try:
-        raw = np.load(path, allow_pickle=True)  # CALVIN stores a pickled dict: there is no other way to read it
-        lang = raw.item() if isinstance(raw, np.ndarray) and raw.shape == () else raw
-    except (*UNREADABLE, pickle.UnpicklingError, AttributeError, ImportError) as e:
-        raise DataError(path, None, f"cannot read the annotation file: {e}") from None
+    lang = load_npy(path)
     if not isinstance(lang, dict):
         raise DataError(path, None, f"expected a pickled dict with 'language' and 'info', got {type(lang).__name__}")
     texts = _lang_list(lang, path, "language", "ann")
@@ -153,7 +172,7 @@ def read_language(
         key = f"info.indx[{n}]"
         try:
             first, last = (int(v) for v in span)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise DataError(path, key, f"expected a (first, last) pair of frame ids, got {span!r}") from None
         if last < first:
             raise DataError(path, key, f"window ({first}, {last}) ends before it starts")
@@ -172,16 +191,17 @@ def read_language(
 
 def read_scene_info(path: Path) -> dict[str, list[int]]:
     """scene name -> [first id, last id] (training splits only; recorded as the file says)."""
-    if not path.is_file():
+    if not _optional_file(path):
         return {}
+    info = load_npy(path)
+    if not isinstance(info, dict):
+        raise DataError(
+            path, None, f"expected a pickled dict of scene name -> [first id, last id], got {type(info).__name__}"
+        )
     try:
-        raw = np.load(path, allow_pickle=True)
-        info = raw.item() if isinstance(raw, np.ndarray) and raw.shape == () else raw
-        if not isinstance(info, dict):
-            raise ValueError(f"expected a pickled dict, got {type(info).__name__}")
         return {str(name): [int(a), int(b)] for name, (a, b) in info.items()}
-    except (*UNREADABLE, pickle.UnpicklingError, TypeError, AttributeError, ImportError) as e:
-        raise DataError(path, None, f"cannot read scene info: {e}") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DataError(path, None, f"expected scene name -> [first id, last id]: {e}") from None
 
 
 def _checked_lowdim(path: Path, key: str, arr: np.ndarray, width: int) -> np.ndarray:
@@ -223,6 +243,7 @@ class CalvinConverter:
         self.lowdim_targets = lowdim_targets(self.action_source)
         self.orientation = self._orientations()
         self.segments = read_segments(self.src / IDS_FILE)
+        check_frame_count(self.src, self.segments)
         self.windows, self.task_names, self.num_windows = read_language(self.src / LANG_FILE, self.segments)
         self.scenes = read_scene_info(self.src / SCENE_FILE)
         self.image_shapes = self._image_shapes()

@@ -19,6 +19,7 @@ What the store gets:
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -39,7 +40,7 @@ from vla.datasets.conventions.libero import (
     STATE_DIMS,
     TASK_FILE_SUFFIX,
 )
-from vla.datasets.convert.base import files_fingerprint
+from vla.datasets.convert.base import files_fingerprint, refuse_dangling_symlinks
 from vla.datasets.declare import Declaration, preset
 from vla.datasets.spec import ORIENTATIONS, CameraSpec, KeySpec, SourceInfo, StoreSpec
 from vla.datasets.store import Episode
@@ -90,10 +91,13 @@ def _attr_text(value: Any) -> str:
 
 
 def _demo_names(path: Path, data: h5py.Group) -> tuple[str, ...]:
-    found = [(int(m.group(1)), k) for k in data if (m := DEMO_NAME.fullmatch(k))]
+    found = sorted((int(m.group(1)), k) for k in data if (m := DEMO_NAME.fullmatch(k)))
     if not found:
         raise DataError(path, "data", "no demo_<i> groups: nothing to convert")
-    return tuple(k for _, k in sorted(found))
+    for (n0, k0), (n1, k1) in itertools.pairwise(found):
+        if n0 == n1:  # demo_1 and demo_01 would both be episode 1: which one is meant is unknowable
+            raise DataError(path, f"data/{k1}", f"same demo number {n0} as data/{k0}; remove or rename one")
+    return tuple(k for _, k in found)
 
 
 def _dataset(path: Path, group: h5py.Group, name: str, where: str) -> h5py.Dataset:
@@ -197,7 +201,9 @@ def inspect_file(path: Path, action_dim: int, declared_task: str | None) -> Task
 def list_files(src: Path) -> list[Path]:
     if src.is_file():
         return [src]
-    files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix in HDF5_SUFFIXES)
+    entries = list(src.iterdir())
+    refuse_dangling_symlinks(entries)
+    files = sorted(p for p in entries if p.is_file() and p.suffix in HDF5_SUFFIXES)
     if not files:
         raise DataError(src, None, f"no {' or '.join(HDF5_SUFFIXES)} files in this folder")
     return files
