@@ -211,6 +211,7 @@ class PolicyServer:
             daemon_threads = True
             allow_reuse_address = True
             block_on_close = False
+            request_queue_size = 128  # a burst of connects is accepted (or refused) at once, not retried in 1 s
             address_family = _family(host, port)
 
             def verify_request(self, request: Any, client_address: Any) -> bool:
