@@ -136,3 +136,17 @@ def test_deploy_server_refuses_a_policy_of_another_size_before_the_arm_moves(mon
         opts = DeployOptions(robot="so101", server="{}:{}".format(*server.address), dry_run=True, seconds=0.2)
         with pytest.raises(VlaError, match=r"served at .* acts in 5 dims with state 5; arm so101 has 6 joints"):
             deploy(opts)
+
+
+def test_deploy_server_errors_are_one_line_before_the_arm_moves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("vla.real_robot.deploy.make_robot", lambda *a, **k: pytest.fail("the arm was touched"))
+    token = "correct-horse-battery-staple"
+    with PolicyServer(RampPlanner(), port=0, token=token) as server:
+        address = "{}:{}".format(*server.address)
+        for opts, says in [
+            (DeployOptions(robot="so101", server=address, token="wrong", dry_run=True), "missing or wrong token"),
+            (DeployOptions(robot="so101", server="127.0.0.1:x", dry_run=True), "takes HOST:PORT"),
+        ]:
+            with pytest.raises(VlaError, match=says) as info:
+                deploy(opts)
+            assert str(info.value).startswith(f"policy server {opts.server}: ") and "\n" not in str(info.value)

@@ -74,11 +74,14 @@ def _planner(opts: DeployOptions, spec: ArmSpec, stack: contextlib.ExitStack) ->
         _check_fits(native.action_dim, native.state_dim, spec, "policy")
         return planner
     if opts.server:
-        from vla.real_robot.server.client import RemotePlanner
+        from vla.real_robot.server.client import RemoteError, RemotePlanner
 
-        remote = RemotePlanner(opts.server, token=opts.token)
-        stack.callback(remote.close)
-        info = remote.hello()  # the served policy's sizes, checked like a local one's before the arm moves
+        try:
+            remote = RemotePlanner(opts.server, token=opts.token)
+            stack.callback(remote.close)
+            info = remote.hello()  # the served policy's sizes, checked like a local one's before the arm moves
+        except (ValueError, OSError, RemoteError) as e:
+            raise VlaError(f"policy server {opts.server}: {e}") from None
         _check_cameras(info.get("camera_keys"), opts, f"the policy served at {opts.server}")
         _check_fits(info.get("action_dim"), info.get("state_dim"), spec, f"the policy served at {opts.server}")
         return remote
@@ -102,8 +105,8 @@ def _check_cameras(camera_keys: object, opts: DeployOptions, who: str = "the pol
 
 
 def _check_fits(action_dim: object, state_dim: object, spec: ArmSpec, who: str = "policy") -> None:
-    """A policy whose actions are not this arm's joints must fail before the arm moves (the safety layer
-    would hold every tick, or worse, a same-sized but different arm would move)."""
+    """A policy whose actions are not this arm's joints fails before the arm moves, not tick after tick in the
+    safety layer (which would reject every action of the wrong length and hold)."""
     if action_dim != spec.dof or state_dim not in (None, spec.dof):
         raise VlaError(f"{who} acts in {action_dim} dims with state {state_dim}; arm {spec.name} has {spec.dof} joints")
 
