@@ -106,10 +106,16 @@ def deploy(
 
 def serve(
     policy: str = typer.Option(..., "--policy", help="checkpoint directory"),
-    host: str = typer.Option("127.0.0.1", help="address to bind; anything but loopback needs --token"),
+    host: str = typer.Option(
+        "127.0.0.1", help="address to bind (IPv4 or IPv6: ::1, ::); anything but loopback needs a --token"
+    ),
     port: int = typer.Option(8765),
-    token: str | None = typer.Option(None, "--token", envvar="VLA_SERVE_TOKEN"),
+    token: str | None = typer.Option(
+        None, "--token", envvar="VLA_SERVE_TOKEN", help="shared secret; at least 16 characters off loopback"
+    ),
     max_batch: int = typer.Option(8, help="most requests answered by one forward pass"),
+    max_connections: int = typer.Option(32, min=1, help="most clients connected at once"),
+    max_per_address: int = typer.Option(8, min=1, help="most clients connected at once from one address"),
     device: str = typer.Option("cpu"),
     dynamic_horizon: float | None = typer.Option(
         None, "--dynamic-horizon", metavar="RATIO", help="mixture-of-horizons policies: dynamic inference ratio"
@@ -117,13 +123,19 @@ def serve(
 ) -> None:
     """Serve a checkpoint to remote deploy loops."""
     from vla.real_robot.deploy import load_policy_planner
-    from vla.real_robot.server.server import PolicyServer
+    from vla.real_robot.server.protocol import join_address
+    from vla.real_robot.server.server import PolicyServer, ServerLimits, check_bind
 
-    planner = load_policy_planner(policy, device, dynamic_horizon)
-    try:
-        server = PolicyServer(planner, host=host, port=port, token=token, max_batch=max_batch)
+    try:  # a weak or missing token fails before the checkpoint is loaded
+        check_bind(host, token)
     except ValueError as e:
         raise VlaError(str(e)) from None
+    planner = load_policy_planner(policy, device, dynamic_horizon)
+    limits = ServerLimits(max_connections=max_connections, max_per_address=max_per_address)
+    try:
+        server = PolicyServer(planner, host=host, port=port, token=token, max_batch=max_batch, limits=limits)
+    except (ValueError, OSError) as e:
+        raise VlaError(f"cannot serve on {join_address(host, port)}: {e}") from None
     server.planner.warmup()
-    typer.echo(f"serving {policy} on {server.address[0]}:{server.address[1]}")
+    typer.echo(f"serving {policy} on {join_address(*server.address)}")
     server.serve_forever()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,38 @@ class JointSpec:
     max_step: float = 0.2  # largest change of the command per control tick
 
     def problems(self) -> list[str]:
-        out = []
-        if not self.low < self.high:
-            out.append(f"joint {self.name!r}: low ({self.low}) must be below high ({self.high})")
-        if self.sign not in (1, -1):
-            out.append(f"joint {self.name!r}: sign must be 1 or -1, got {self.sign}")
-        if self.max_step <= 0:
-            out.append(f"joint {self.name!r}: max_step must be positive")
+        where = f"joint {self.name!r}"
+        out = [f"{where} {key}: must be a finite number, got {v!r}"
+               for key, v in (("low", self.low), ("high", self.high), ("max_step", self.max_step))
+               if not _finite(v)]  # fmt: skip
+        if not out and not self.low < self.high:
+            out.append(f"{where} low ({self.low}) must be below high ({self.high})")
+        if _finite(self.max_step) and not self.max_step > 0:
+            out.append(f"{where} max_step: must be above 0, got {self.max_step}")
+        if self.sign not in (1, -1) or isinstance(self.sign, bool):
+            out.append(f"{where} sign: must be 1 or -1, got {self.sign!r}")
+        for key, v in (("id", self.id), ("offset", self.offset)):
+            if not _integer(v):
+                out.append(f"{where} {key}: must be an integer, got {v!r}")
         return out
+
+
+def _finite(v: object) -> bool:
+    """A real, finite number: NaN or inf would switch off the clamp or the rate limit of the safety layer."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# The joint ranges the Franka arms accept (radians), from Franka's robot specifications: an arm file must stay inside.
+FRANKA_RANGES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "fr3": ((-2.7437, -1.7837, -2.9007, -3.0421, -2.8065, 0.5445, -3.0159),
+            (2.7437, 1.7837, 2.9007, -0.1518, 2.8065, 4.5169, 3.0159)),
+    "panda": ((-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973),
+              (2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973)),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -83,12 +108,58 @@ class ArmSpec:
         out = [p for j in self.joints for p in j.problems()]
         if not self.joints:
             out.append("the arm has no joints")
-        if self.rate_hz <= 0:
-            out.append(f"rate_hz must be positive, got {self.rate_hz}")
+        if not _finite(self.rate_hz) or not self.rate_hz > 0:
+            out.append(f"rate_hz: must be a finite number above 0, got {self.rate_hz!r}")
+        if not _integer(self.ticks_per_rev) or not self.ticks_per_rev > 0:
+            out.append(f"ticks_per_rev: must be a positive integer, got {self.ticks_per_rev!r}")
         if len({j.name for j in self.joints}) != len(self.joints):
             out.append("joint names must be unique")
         if self.driver in ("feetech", "dynamixel") and len({j.id for j in self.joints}) != len(self.joints):
             out.append("servo ids must be unique")
+        out += self._workspace_problems()
+        if not out:  # ranges are only meaningful once every number is sound
+            out += self._range_problems()
+        return out
+
+    def _workspace_problems(self) -> list[str]:
+        if self.workspace is None:
+            return []
+        lo, hi = self.workspace
+        if not (len(lo) == len(hi) == 3 and all(_finite(v) for v in (*lo, *hi))):
+            return [f"workspace: must be [[xmin, ymin, zmin], [xmax, ymax, zmax]] of finite numbers, got {lo}, {hi}"]
+        if not all(a < b for a, b in zip(lo, hi, strict=True)):
+            return [f"workspace: each minimum must be below its maximum, got {list(lo)}, {list(hi)}"]
+        return []
+
+    def _range_problems(self) -> list[str]:
+        """Limits the hardware cannot reach: a servo's goal register range, a Franka's joint range."""
+        if self.driver in ("feetech", "dynamixel"):
+            return self._servo_range_problems()
+        if self.driver == "franka" and self.model in FRANKA_RANGES:
+            lows, highs = FRANKA_RANGES[self.model]
+            if len(self.joints) != len(lows):
+                return [f"a {self.model} has {len(lows)} joints, the file lists {len(self.joints)}"]
+            return [f"joint {j.name!r} {key}: {v} is outside the {self.model}'s range [{lo}, {hi}]"
+                    for j, lo, hi in zip(self.joints, lows, highs, strict=True)
+                    for key, v in (("low", j.low), ("high", j.high)) if not lo <= v <= hi]  # fmt: skip
+        return []
+
+    def _servo_range_problems(self) -> list[str]:
+        from vla.real_robot.control_tables import TABLES
+
+        table = TABLES.get(self.model)
+        if table is None or table.protocol != self.driver:
+            known = sorted(t.model for t in TABLES.values() if t.protocol == self.driver)
+            return [f"model: {self.model!r} is not a {self.driver} servo we drive (known: {', '.join(known)})"]
+        # Position control mode: goals are ticks in [0, max_ticks]; a limit past them would be clipped or wrap.
+        scale = 2 * math.pi / self.ticks_per_rev
+        out = []
+        for j in self.joints:
+            for key, v in (("low", j.low), ("high", j.high)):
+                ticks = j.offset + j.sign * v / scale  # a float: a huge limit must not overflow an int
+                if not -0.5 <= ticks < table.max_ticks + 0.5:
+                    out.append(f"joint {j.name!r} {key}: {v} rad is tick {ticks:.0f}, outside the {self.model}'s "
+                               f"range [0, {table.max_ticks}] for offset {j.offset}")  # fmt: skip
         return out
 
     def replace(self, **changes: Any) -> ArmSpec:
@@ -112,11 +183,11 @@ class ArmSpec:
             ws = d.get("workspace")
             workspace = (tuple(ws[0]), tuple(ws[1])) if ws is not None else None
             spec = cls(**{**d, "joints": joints, "workspace": workspace})
+            problems = spec.problems()
         except (TypeError, IndexError, KeyError) as e:
             raise ArmFileError(f"{source}: malformed arm description ({e})") from None
-        problems = spec.problems()
         if problems:
-            raise ArmFileError(f"{source}: " + "; ".join(problems))
+            raise ArmFileError(f"{source}: " + "; ".join(problems) + " (fix the arm file)")
         return spec
 
 

@@ -68,25 +68,22 @@ def _planner(opts: DeployOptions, spec: ArmSpec, stack: contextlib.ExitStack) ->
         raise VlaError("give exactly one of --policy CKPT_DIR, --server HOST:PORT or --leader ARM_FILE")
     if opts.policy:
         planner = load_policy_planner(opts.policy, opts.device, opts.dynamic_horizon, opts.embodiment or spec.name)
-        given = {camera_key(parse_camera_arg(a)[0]) for a in opts.cameras}
         native = planner.native_config
-        missing = [k for k in native.camera_keys if k not in given]
-        if missing:
-            names = ", ".join(str(camera_name(k)) for k in missing)
-            raise VlaError(f"the policy reads cameras {names}; pass each as --camera NAME=INDEX_OR_FILE")
+        _check_cameras(native.camera_keys, opts)
         planner.warmup(opts.task)
-        if native.action_dim != spec.dof or native.state_dim not in (None, spec.dof):
-            raise VlaError(
-                f"policy acts in {native.action_dim} dims with state {native.state_dim}; arm {spec.name} has "
-                f"{spec.dof} joints"
-            )
+        _check_fits(native.action_dim, native.state_dim, spec, "policy")
         return planner
     if opts.server:
-        from vla.real_robot.server.client import RemotePlanner
+        from vla.real_robot.server.client import RemoteError, RemotePlanner
 
-        remote = RemotePlanner(opts.server, token=opts.token)
-        stack.callback(remote.close)
-        remote.hello()
+        try:
+            remote = RemotePlanner(opts.server, token=opts.token)
+            stack.callback(remote.close)
+            info = remote.hello()  # the served policy's sizes, checked like a local one's before the arm moves
+        except (ValueError, OSError, RemoteError) as e:
+            raise VlaError(f"policy server {opts.server}: {e}") from None
+        _check_cameras(info.get("camera_keys"), opts, f"the policy served at {opts.server}")
+        _check_fits(info.get("action_dim"), info.get("state_dim"), spec, f"the policy served at {opts.server}")
         return remote
     from vla.real_robot.teleop import LeaderPlanner
 
@@ -95,6 +92,23 @@ def _planner(opts: DeployOptions, spec: ArmSpec, stack: contextlib.ExitStack) ->
     leader.connect()
     stack.callback(leader.disconnect)
     return LeaderPlanner(leader)
+
+
+def _check_cameras(camera_keys: object, opts: DeployOptions, who: str = "the policy") -> None:
+    if not isinstance(camera_keys, list | tuple) or not all(isinstance(k, str) for k in camera_keys):
+        raise VlaError(f"{who} does not say which cameras it reads (camera_keys: {camera_keys!r})")
+    given = {camera_key(parse_camera_arg(a)[0]) for a in opts.cameras}
+    missing = [k for k in camera_keys if k not in given]
+    if missing:
+        names = ", ".join(str(camera_name(k)) for k in missing)
+        raise VlaError(f"{who} reads cameras {names}; pass each as --camera NAME=INDEX_OR_FILE")
+
+
+def _check_fits(action_dim: object, state_dim: object, spec: ArmSpec, who: str = "policy") -> None:
+    """A policy whose actions are not this arm's joints fails before the arm moves, not tick after tick in the
+    safety layer (which would reject every action of the wrong length and hold)."""
+    if action_dim != spec.dof or state_dim not in (None, spec.dof):
+        raise VlaError(f"{who} acts in {action_dim} dims with state {state_dim}; arm {spec.name} has {spec.dof} joints")
 
 
 def load_policy_planner(

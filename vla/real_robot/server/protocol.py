@@ -2,7 +2,8 @@
 
 The header names each array with dtype, shape and byte offset; arrays are plain little-endian numpy bytes.
 Nothing is ever unpickled. Every incoming header is checked against a schema derived from the policy
-(keys, dtypes, shapes, sizes) before a single array is built.
+(keys, dtypes, shapes, sizes) before a single array is built. The reader takes a size limit and deadlines
+per frame, so a peer can neither make it buffer more than the limit nor hold it by trickling bytes.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,7 @@ import numpy as np
 
 MAX_FRAME = 32 * 1024 * 1024
 MAX_HEADER = 64 * 1024
+MAX_AUTH_FRAME = 64 * 1024  # the first frame of a connection, read before its token is checked: a hello
 MAX_TASK = 2000
 MAX_IMAGE_SIDE = 1024
 ALLOWED_DTYPES = {"uint8", "float32", "float64"}
@@ -40,9 +43,19 @@ def encode(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) 
     return _LEN.pack(len(body) + 4, len(head)) + body
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
+class FrameTooLarge(ConnectionError):
+    """A frame over the reader's limit: it is never read, so the stream cannot be resynchronised."""
+
+
+def recv_exact(sock: socket.socket, n: int, until: float | None = None) -> bytes:
+    """`n` bytes; `until` (time.monotonic()) bounds the whole read, not each recv: trickling cannot stretch it."""
     buf = bytearray()
     while len(buf) < n:
+        if until is not None:
+            left = until - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"frame not complete in time ({len(buf)} of {n} bytes)")
+            sock.settimeout(left)
         part = sock.recv(min(n - len(buf), 1 << 20))
         if not part:
             raise ConnectionError("peer closed the connection")
@@ -50,21 +63,48 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def read_frame(sock: socket.socket) -> tuple[dict[str, Any], bytes]:
-    """Raises ProtocolError for a bad frame (the stream can still be resynchronised: its length was read)."""
-    total, head_len = _LEN.unpack(recv_exact(sock, 8))
-    if total > MAX_FRAME or total < 4:
-        raise ConnectionError(f"frame of {total} bytes is outside [4, {MAX_FRAME}]: cannot resynchronise")
-    body = recv_exact(sock, total - 4)
+def read_frame(
+    sock: socket.socket, max_frame: int = MAX_FRAME, frame_s: float | None = None, until: float | None = None
+) -> tuple[dict[str, Any], bytes]:
+    """One frame. Raises ProtocolError for a bad frame (the stream can still be resynchronised: its length was
+    read), FrameTooLarge above `max_frame` (before any of it is buffered), TimeoutError past a deadline.
+
+    The first byte is awaited with the socket's own timeout (the idle time between frames) or until `until`;
+    from then on the whole frame must arrive within `frame_s` seconds and by `until`.
+    """
+    idle = sock.gettimeout()
+    try:
+        first = recv_exact(sock, 1, until)
+        if frame_s is not None:
+            end = time.monotonic() + frame_s
+            until = end if until is None else min(until, end)
+        total, head_len = _LEN.unpack(first + recv_exact(sock, 7, until))
+        if total > max_frame or total < 4:
+            raise FrameTooLarge(f"frame of {total} bytes is outside [4, {max_frame}]: cannot resynchronise")
+        body = recv_exact(sock, total - 4, until)
+    finally:
+        sock.settimeout(idle)
     if head_len > min(MAX_HEADER, len(body)):
         raise ProtocolError(f"header length {head_len} is larger than the frame or {MAX_HEADER} bytes")
     try:
         header = json.loads(body[:head_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ProtocolError(f"header is not JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, a 5000-digit number, deep nesting
+        raise ProtocolError(f"header is not JSON ({type(e).__name__})") from None
     if not isinstance(header, dict):
         raise ProtocolError("header must be a JSON object")
     return header, body[head_len:]
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """HOST:PORT, with IPv6 hosts bare (::1:8765) or bracketed ([::1]:8765)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def join_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
