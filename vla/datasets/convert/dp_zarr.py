@@ -32,7 +32,7 @@ from zarr.storage import ZipStore
 from vla.datasets.convert.base import files_fingerprint
 from vla.datasets.declare import Declaration
 from vla.datasets.spec import ORIENTATIONS, CameraSpec, DimSpec, KeySpec, SourceInfo, StoreSpec
-from vla.datasets.store import INDEX_KEYS, Episode
+from vla.datasets.store import INDEX_KEYS, Episode, check_chunks, stored_keys
 from vla.errors import DataError
 from vla.keys import ACTION_KEY, IMAGE_PREFIX, STATE_KEY
 
@@ -99,6 +99,26 @@ def _episode_ends(src: Path, root: zarr.Group) -> np.ndarray:
     if np.any(lengths < 0):
         raise DataError(src, "meta/episode_ends", f"not increasing at episode {int(np.argmax(lengths < 0))}")
     return ends.astype(np.int64)
+
+
+def _data_arrays(src: Path, data: zarr.Group) -> dict[str, zarr.Array]:
+    """The arrays of `data/`, by name in a fixed order; an entry whose array metadata vanished
+    (chunks without .zarray / zarr.json) is an error, not an array that silently drops out."""
+    try:
+        arrays = dict(sorted(data.arrays()))
+        children = {k.split("/")[0] for k in stored_keys(data) if "/" in k}
+        groups = {name for name, _ in data.groups()}
+    except Exception as e:  # unreadable member metadata, unknown dtypes or codecs, a symlink loop
+        problem = f"cannot list the arrays ({type(e).__name__}: {e}): fix or remove the entry it names"
+        raise DataError(src, "data", problem) from None
+    orphans = sorted(children - set(arrays) - groups)
+    if orphans:
+        raise DataError(
+            src,
+            f"data/{orphans[0]}",
+            "holds chunks but no array metadata (.zarray or zarr.json): restore it or delete the folder",
+        )
+    return arrays
 
 
 # --- key mapping -------------------------------------------------------------------------------
@@ -185,7 +205,7 @@ class DiffusionPolicyZarrConverter:
         data = root.get("data")
         if not isinstance(data, zarr.Group):
             raise DataError(self.src, "data", "required group is missing (not a replay buffer?)")
-        self.arrays = dict(sorted(data.arrays()))  # a fixed key order whatever the listing order
+        self.arrays = _data_arrays(self.src, data)
         self.ends = _episode_ends(self.src, root)
         self.starts = np.concatenate([[0], self.ends[:-1]])
         for name, arr in self.arrays.items():
@@ -200,6 +220,8 @@ class DiffusionPolicyZarrConverter:
             )
         self.mapping = merged_mapping(self.arrays, decl.keys)
         _check_mapping(self.src, self.mapping, self.arrays)
+        for name in self.mapping:  # zarr would read a missing chunk back as zeros
+            check_chunks(self.arrays[name], self.src, f"data/{name}")
         self.cameras = {t[len(IMAGE_PREFIX) :]: n for n, t in self.mapping.items() if t.startswith(IMAGE_PREFIX)}
         for cam, value in decl.camera_orientation.items():
             if cam not in self.cameras or value not in ORIENTATIONS:
