@@ -1,0 +1,101 @@
+"""Broken sources end in one DataError naming the file, the key and the problem, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from vla.datasets.convert.base import convert
+from vla.datasets.declare import Declaration
+from vla.errors import DataError
+from vla.testing.dp_zarr import write_pusht_zarr
+from vla.testing.libero_hdf5 import write_libero_hdf5
+
+PROBLEM_INFO = r"\[data\.attrs\['problem_info'\]"
+
+
+def _fails(fmt: str, src: Path, dst: Path, match: str, **decl) -> DataError:
+    with pytest.raises(DataError, match=match) as info:
+        convert(fmt, src, dst, Declaration(**decl), progress=False)
+    assert str(src) in str(info.value) or str(info.value).startswith(str(src.parent))
+    assert "\n" not in str(info.value)
+    assert not dst.exists()
+    return info.value
+
+
+# --- LIBERO -------------------------------------------------------------------------------------
+@pytest.fixture
+def libero(tmp_path) -> Path:
+    return write_libero_hdf5(tmp_path / "t_demo.hdf5", "pick up the bowl", 2, 3, (4, 4))
+
+
+def _set_problem_info(path: Path, value, dtype=None) -> None:
+    with h5py.File(path, "a") as f:
+        f["data"].attrs.create("problem_info", value, dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "dtype", [None, h5py.string_dtype("utf-8")], ids=["fixed-length bytes", "utf-8 string (read as surrogates)"]
+)
+def test_libero_non_utf8_problem_info(libero, tmp_path, dtype):
+    raw = b'{"language_instruction": "pick \xff"}'
+    _set_problem_info(libero, np.bytes_(raw) if dtype is None else raw, dtype)
+    _fails("libero", libero, tmp_path / "out.zarr", PROBLEM_INFO + r"\]: not UTF-8 text")
+
+
+@pytest.mark.parametrize("value", [3, {"text": "pick"}, 2.5, [1, 2]])
+def test_libero_language_instruction_that_is_not_text(libero, tmp_path, value):
+    _set_problem_info(libero, json.dumps({"language_instruction": value}))
+    _fails("libero", libero, tmp_path / "out.zarr", PROBLEM_INFO + r"\.language_instruction\]: expected text")
+
+
+def test_libero_word_list_instruction_still_reads(libero, tmp_path):
+    _set_problem_info(libero, json.dumps({"language_instruction": ["pick", "up", "the", "bowl"]}))
+    store = convert("libero", libero, tmp_path / "out.zarr", Declaration(), progress=False).store
+    assert store.tasks == ["pick up the bowl"]
+
+
+@pytest.mark.parametrize("key", ["actions", "obs/ee_pos"])
+def test_libero_arrays_of_strings(libero, tmp_path, key):
+    with h5py.File(libero, "a") as f:
+        shape = f[f"data/demo_1/{key}"].shape
+        del f[f"data/demo_1/{key}"]
+        f.create_dataset(f"data/demo_1/{key}", data=np.full(shape, b"abc"))
+    _fails("libero", libero, tmp_path / "out.zarr", rf"\[data/demo_1/{key}\]: expected numbers, got dtype \|S3")
+
+
+# --- Diffusion-Policy Zarr -----------------------------------------------------------------------
+@pytest.fixture
+def dp_src(tmp_path) -> Path:
+    return write_pusht_zarr(tmp_path / "src.zarr", 2, [3, 4], image_size=8)
+
+
+def test_dp_zarr_object_dtype(dp_src, tmp_path):
+    meta_path = dp_src / "data/action/.zarray"
+    meta = json.loads(meta_path.read_text())
+    meta.update(dtype="|O", filters=None)  # an object array without its object codec: zarr cannot type it
+    meta_path.write_text(json.dumps(meta))
+    _fails("dp-zarr", dp_src, tmp_path / "out.zarr", r"\[data\]: cannot list the arrays", fps=10)
+
+
+def test_dp_zarr_object_dtype_with_codec(dp_src, tmp_path):
+    meta_path = dp_src / "data/keypoint/.zarray"
+    meta = json.loads(meta_path.read_text())
+    meta.update(dtype="|O", filters=[{"id": "vlen-utf8"}])
+    meta_path.write_text(json.dumps(meta))
+    _fails("dp-zarr", dp_src, tmp_path / "out.zarr", r"\[data/keypoint\]: unsupported dtype", fps=10)
+
+
+@pytest.mark.parametrize("target", ["self", "parent"])
+def test_dp_zarr_symlink_loop(dp_src, tmp_path, target):
+    link = dp_src / "data/loop"
+    os.symlink(link if target == "self" else dp_src / "data", link)
+    if target == "self":
+        _fails("dp-zarr", dp_src, tmp_path / "out.zarr", r"\[data\]: cannot list the arrays .*symbolic links", fps=10)
+    else:  # a link back to its parent is not followed: the data converts as if it were absent
+        convert("dp-zarr", dp_src, tmp_path / "out.zarr", Declaration(fps=10), progress=False)
