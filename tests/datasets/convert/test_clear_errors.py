@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import h5py
@@ -99,3 +100,51 @@ def test_dp_zarr_symlink_loop(dp_src, tmp_path, target):
         _fails("dp-zarr", dp_src, tmp_path / "out.zarr", r"\[data\]: cannot list the arrays .*symbolic links", fps=10)
     else:  # a link back to its parent is not followed: the data converts as if it were absent
         convert("dp-zarr", dp_src, tmp_path / "out.zarr", Declaration(fps=10), progress=False)
+
+
+# --- LeRobot -------------------------------------------------------------------------------------
+DATA = "data/chunk-000/file-000.parquet"
+EPISODES = "meta/episodes/chunk-000/file-000.parquet"
+
+
+@pytest.fixture
+def lerobot(small_lerobot, tmp_path) -> Path:
+    copy = tmp_path / "src"
+    shutil.copytree(small_lerobot, copy)
+    return copy
+
+
+def _truncate(path: Path) -> None:
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+
+
+def _edit_info(src: Path, edit) -> None:
+    path = src / "meta/info.json"
+    info = json.loads(path.read_text())
+    edit(info)
+    path.write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("rel", [DATA, EPISODES, "meta/tasks.parquet"])
+def test_lerobot_truncated_parquet_is_named(lerobot, tmp_path, rel):
+    _truncate(lerobot / rel)
+    err = _fails("lerobot", lerobot, tmp_path / "out.zarr", "not a readable Parquet file, truncated or corrupt")
+    assert err.path == str(lerobot / rel)
+
+
+def test_lerobot_action_shape_that_disagrees_with_the_data(lerobot, tmp_path):
+    _edit_info(lerobot, lambda info: info["features"]["action"].update(shape=[9]))
+    err = _fails("lerobot", lerobot, tmp_path / "out.zarr", r"\[features\.action\.shape\]: is \[9\].* holds 7")
+    assert err.path == str(lerobot / "meta/info.json")
+
+
+@pytest.mark.parametrize("total", [5, 2, "3"])
+def test_lerobot_wrong_total_episodes(lerobot, tmp_path, total):
+    _edit_info(lerobot, lambda info: info.update(total_episodes=total))
+    _fails("lerobot", lerobot, tmp_path / "out.zarr", r"\[total_episodes\]: says .*, meta/episodes/ lists 3 episodes")
+
+
+def test_lerobot_feature_missing_from_the_data(lerobot, tmp_path):
+    _edit_info(lerobot, lambda info: info["features"].update({"observation.extra": {"dtype": "float32", "shape": [2]}}))
+    _fails("lerobot", lerobot, tmp_path / "out.zarr", r"\[observation\.extra\]: column missing")

@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from vla.datasets.convert.base import files_fingerprint
 from vla.datasets.declare import Declaration, infer_dims
@@ -87,6 +89,63 @@ def check_layout(src: Path) -> None:
     ):
         if not any(src.glob(pattern)):
             raise DataError(src / pattern, None, f"missing: {what} of the LeRobot dataset")
+
+
+def _parquet(path: Path) -> pq.ParquetFile:
+    """A Parquet file opened from its footer: a truncated or garbled one fails here, by name."""
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        problem = f"not a readable Parquet file, truncated or corrupt ({e}); restore it from the original dataset"
+        raise DataError(path, None, problem) from None
+
+
+def _values_per_frame(arrow_type: pa.DataType) -> int | None:
+    """Numbers per row of a column: 1 for a scalar, the product of fixed-size list lengths; None
+    for anything whose width the schema does not fix (variable lists, structs)."""
+    if pa.types.is_fixed_size_list(arrow_type):
+        inner = _values_per_frame(arrow_type.value_type)
+        return None if inner is None else arrow_type.list_size * inner
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_boolean(arrow_type):
+        return 1
+    return None
+
+
+def _check_columns(info_path: Path, data_file: Path, features: dict[str, Any], schema: pa.Schema) -> None:
+    """Every numeric feature info.json lists is a column of the data file, of the width it says."""
+    for key, ft in features.items():
+        if not isinstance(ft, dict) or _numeric_dtype(ft.get("dtype")) is None:
+            continue
+        if key not in schema.names:
+            raise DataError(data_file, key, "column missing, though meta/info.json lists the feature")
+        shape = ft.get("shape") or [1]
+        try:
+            expected = int(np.prod([int(s) for s in shape]))
+        except (TypeError, ValueError):
+            raise DataError(info_path, f"features.{key}.shape", f"expected a list of sizes, got {shape!r}") from None
+        found = _values_per_frame(schema.field(key).type)
+        if found is not None and found != expected:
+            raise DataError(
+                info_path,
+                f"features.{key}.shape",
+                f"is {list(shape)} ({expected} values a frame), but {data_file.relative_to(info_path.parents[1])} "
+                f"holds {found}: fix info.json or the data",
+            )
+
+
+def check_files(src: Path, info: dict[str, Any]) -> None:
+    """The Parquet files lerobot will read, checked against info.json before lerobot opens them
+    (it reports a broken file as 'DatasetGenerationError' and a wrong count as a failed download)."""
+    info_path = src / INFO_PATH
+    _parquet(src / "meta/tasks.parquet")
+    episodes = sum(_parquet(p).metadata.num_rows for p in sorted(src.glob("meta/episodes/*/*.parquet")))
+    for path in sorted(src.glob("data/*/*.parquet")):
+        _check_columns(info_path, path, info["features"], _parquet(path).schema_arrow)
+    total = info.get("total_episodes")
+    if total != episodes:
+        raise DataError(
+            info_path, "total_episodes", f"says {total!r}, meta/episodes/ lists {episodes} episodes: fix info.json"
+        )
 
 
 def feature_names(key: str, ft: dict[str, Any], width: int) -> list[str]:
@@ -176,6 +235,7 @@ class LeRobotConverter:
         self.info = read_info(self.src)
         self.info_path = self.src / INFO_PATH
         check_layout(self.src)
+        check_files(self.src, self.info)
         self.features: dict[str, dict[str, Any]] = self.info["features"]
         self._map_keys()
         self._check_orientations()
@@ -362,16 +422,11 @@ class LeRobotConverter:
         ep = self.meta.episodes[index]
         begin, end = int(ep["dataset_from_index"]), int(ep["dataset_to_index"])
         data_path = self.src / self.meta.get_data_file_path(index)
-        rows = self.rows[begin:end]
-        if end <= begin or not np.array_equal(rows["index"], np.arange(begin, end)):
-            raise DataError(data_path, "index", f"episode {index}'s frames {begin}..{end} are not where metadata says")
+        rows = self._rows(data_path, index, begin, end)
         n = end - begin
         frames: dict[str, np.ndarray] = {}
         for key in self.lowdim_sources():
-            shape = tuple(int(s) for s in self.features[key]["shape"])
-            values = np.asarray(rows[key]).reshape(n, *shape)  # lerobot keeps shape-(1,) features as scalars
-            self._check_finite(data_path, key, index, values)
-            frames[self.mapping[key]] = values
+            frames[self.mapping[key]] = self._lowdim(data_path, key, index, rows[key], n)
         for key, cam in self.cameras:
             images = self._video(index, ep, key, rows["timestamp"]) if key in self.video_cameras else rows[key]
             frames[cam.key] = self._upright(data_path, key, cam, np.asarray(images), n)
@@ -383,6 +438,27 @@ class LeRobotConverter:
             annotations=annotations,
             timestamps=np.asarray(rows["timestamp"], np.float64),
         )
+
+    def _rows(self, data_path: Path, index: int, begin: int, end: int) -> dict[str, Any]:
+        """The episode's rows of the data parquet (pages are decoded here: a garbled one fails here)."""
+        try:
+            rows = self.rows[begin:end]
+        except Exception as e:  # arrow raises many kinds for damaged pages; all mean "cannot read"
+            problem = f"cannot read episode {index}'s rows {begin}..{end - 1} ({type(e).__name__}: {e})"
+            raise DataError(data_path, None, problem[:800] + "; restore the file") from None
+        if end <= begin or not np.array_equal(rows["index"], np.arange(begin, end)):
+            raise DataError(data_path, "index", f"episode {index}'s frames {begin}..{end} are not where metadata says")
+        return rows
+
+    def _lowdim(self, data_path: Path, key: str, index: int, column: Any, n: int) -> np.ndarray:
+        shape = tuple(int(s) for s in self.features[key]["shape"])
+        values = np.asarray(column)
+        if values.dtype.kind not in NUMERIC_KINDS or values.size != n * int(np.prod(shape)):
+            problem = f"episode {index}: {values.dtype} {values.shape}, meta/info.json says shape {list(shape)}"
+            raise DataError(data_path, key, problem)
+        values = values.reshape(n, *shape)  # lerobot keeps shape-(1,) features as scalars
+        self._check_finite(data_path, key, index, values)
+        return values
 
     def _video(self, index: int, ep: dict[str, Any], key: str, timestamps: np.ndarray) -> np.ndarray:
         """The episode's frames of one camera: one seek and one decoding pass over its segment."""
