@@ -84,11 +84,24 @@ def _open_group(src: Path, version: int) -> zarr.Group:
         raise DataError(src, None, f"cannot open the Zarr group: {e}") from None
 
 
+def _member(src: Path, group: zarr.Group, key: str) -> zarr.Array | zarr.Group | None:
+    """group[key], None when absent; metadata zarr cannot read (corrupt JSON, unknown dtype or codec) is named."""
+    try:
+        return group.get(key)
+    except Exception as e:  # zarr raises many kinds here
+        raise DataError(src, key, f"cannot read its metadata ({type(e).__name__}: {e}); restore it") from None
+
+
 def _episode_ends(src: Path, root: zarr.Group) -> np.ndarray:
-    node = root.get("meta/episode_ends") if "meta" in root else None
+    key = "meta/episode_ends"
+    node = _member(src, root, key)
     if not isinstance(node, zarr.Array):
-        raise DataError(src, "meta/episode_ends", "required array is missing (not a replay buffer?)")
-    ends = np.asarray(node[:])
+        raise DataError(src, key, "required array is missing (not a replay buffer?)")
+    check_chunks(node, src, key)
+    try:
+        ends = np.asarray(node[:])
+    except Exception as e:  # corrupt chunk bytes, codec errors
+        raise DataError(src, key, f"cannot read ({type(e).__name__}: {e}); restore the file") from None
     if ends.ndim != 1 or ends.dtype.kind not in "iu":
         raise DataError(src, "meta/episode_ends", f"expected a 1-D integer array, got {ends.dtype} {ends.shape}")
     if len(ends) == 0:
@@ -202,7 +215,7 @@ class DiffusionPolicyZarrConverter:
             )
         self.version = zarr_format_of(self.src)
         root = _open_group(self.src, self.version)
-        data = root.get("data")
+        data = _member(self.src, root, "data")
         if not isinstance(data, zarr.Group):
             raise DataError(self.src, "data", "required group is missing (not a replay buffer?)")
         self.arrays = _data_arrays(self.src, data)
