@@ -81,7 +81,7 @@ def test_dp_zarr_object_dtype(dp_src, tmp_path):
     meta = json.loads(meta_path.read_text())
     meta.update(dtype="|O", filters=None)  # an object array without its object codec: zarr cannot type it
     meta_path.write_text(json.dumps(meta))
-    _fails("dp-zarr", dp_src, tmp_path / "out.zarr", r"\[data\]: cannot list the arrays", fps=10)
+    _fails("dp-zarr", dp_src, tmp_path / "out.zarr", r"\[data/action\]: cannot read its metadata", fps=10)
 
 
 def test_dp_zarr_object_dtype_with_codec(dp_src, tmp_path):
@@ -97,7 +97,13 @@ def test_dp_zarr_symlink_loop(dp_src, tmp_path, target):
     link = dp_src / "data/loop"
     os.symlink(link if target == "self" else dp_src / "data", link)
     if target == "self":
-        _fails("dp-zarr", dp_src, tmp_path / "out.zarr", r"\[data\]: cannot list the arrays .*symbolic links", fps=10)
+        _fails(
+            "dp-zarr",
+            dp_src,
+            tmp_path / "out.zarr",
+            r"\[data/loop\]: cannot read its metadata .*symbolic links",
+            fps=10,
+        )
     else:  # a link back to its parent is not followed: the data converts as if it were absent
         convert("dp-zarr", dp_src, tmp_path / "out.zarr", Declaration(fps=10), progress=False)
 
@@ -148,3 +154,28 @@ def test_lerobot_wrong_total_episodes(lerobot, tmp_path, total):
 def test_lerobot_feature_missing_from_the_data(lerobot, tmp_path):
     _edit_info(lerobot, lambda info: info["features"].update({"observation.extra": {"dtype": "float32", "shape": [2]}}))
     _fails("lerobot", lerobot, tmp_path / "out.zarr", r"\[observation\.extra\]: column missing")
+
+
+@pytest.mark.parametrize("content", ["", '{"action": {"mean": [1, 2', "[1, 2]"])
+def test_lerobot_broken_stats_json_is_named(lerobot, tmp_path, content):
+    (lerobot / "meta/stats.json").write_text(content)
+    err = _fails("lerobot", lerobot, tmp_path / "out.zarr", "cannot read as JSON|expected a JSON object")
+    assert err.path == str(lerobot / "meta/stats.json")
+
+
+@pytest.mark.parametrize("value", [3, {}, {"dtype": "float32", "shape": True}, {"dtype": "float32", "shape": [0]}])
+def test_lerobot_feature_entry_that_is_not_a_feature(lerobot, tmp_path, value):
+    _edit_info(lerobot, lambda info: info["features"].update(action=value))
+    _fails("lerobot", lerobot, tmp_path / "out.zarr", r"\[features\.action(\.shape)?\]: expected")
+
+
+def test_lerobot_garbled_page_inside_a_parquet_is_named(lerobot, tmp_path):
+    """Footer intact, a compressed page garbled: lerobot itself says only which error, not which file."""
+    path = lerobot / EPISODES
+    raw = bytearray(path.read_bytes())
+    footer = int.from_bytes(raw[-8:-4], "little")  # Parquet ends with the footer, its length and b"PAR1"
+    for i in range(4, len(raw) - 8 - footer):  # every data page, nothing of the footer
+        raw[i] ^= 83
+    path.write_bytes(bytes(raw))
+    err = _fails("lerobot", lerobot, tmp_path / "out.zarr", "cannot read, corrupt")
+    assert err.path == str(path)

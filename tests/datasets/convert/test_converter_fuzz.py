@@ -78,7 +78,8 @@ def _check_outcome(fmt: str, src: Path, dst: Path, decl: Declaration) -> None:
     """The property: a correct store, or one VlaError and no store."""
     try:
         convert(fmt, src, dst, decl, progress=False)
-    except VlaError:
+    except VlaError as e:
+        assert "\n" not in str(e)  # one line
         with pytest.raises(VlaError):
             Store(dst)
         return
@@ -122,6 +123,12 @@ def libero_edits(draw) -> list[tuple[str, Any]]:
     return edits
 
 
+def _retyped(old: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "S4" or old.dtype.kind == "S":  # strings cannot be cast to numbers and back
+        return np.full(old.shape, b"ab") if dtype == "S4" else np.zeros(old.shape, dtype)
+    return old.astype(dtype)
+
+
 def _edit_libero(path: Path, edits: list[tuple[str, Any]]) -> None:
     with h5py.File(path, "a") as f:
         for what, (key, value) in edits:
@@ -133,7 +140,7 @@ def _edit_libero(path: Path, edits: list[tuple[str, Any]]) -> None:
             old = f[key][()]
             del f[key]
             if what == "retype":
-                f.create_dataset(key, data=old.astype(value) if value != "S4" else np.full(old.shape, b"ab"))
+                f.create_dataset(key, data=_retyped(old, value))
             elif what == "reshape":
                 f.create_dataset(key, data=old.reshape(-1)[: max(1, old.size // 2)])
 

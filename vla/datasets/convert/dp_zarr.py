@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync
 from zarr.storage import ZipStore
 
 from vla.datasets.convert.base import files_fingerprint
@@ -38,6 +39,7 @@ from vla.keys import ACTION_KEY, IMAGE_PREFIX, STATE_KEY
 
 STATE_KEYS = ("state", "agent_pos")  # Diffusion Policy's names for the robot state, in preference order
 KNOWN_FORMATS = (2, 3)
+METADATA_FILES = (".zgroup", ".zattrs", ".zarray", ".zmetadata", "zarr.json")
 
 
 # --- opening -----------------------------------------------------------------------------------
@@ -84,12 +86,14 @@ def _open_group(src: Path, version: int) -> zarr.Group:
         raise DataError(src, None, f"cannot open the Zarr group: {e}") from None
 
 
-def _member(src: Path, group: zarr.Group, key: str) -> zarr.Array | zarr.Group | None:
-    """group[key], None when absent; metadata zarr cannot read (corrupt JSON, unknown dtype or codec) is named."""
+def _member(src: Path, group: zarr.Group, key: str, where: str | None = None) -> zarr.Array | zarr.Group | None:
+    """group[key], None when absent; metadata zarr cannot read (corrupt JSON, unknown dtype or codec,
+    a link loop) is an error naming it."""
     try:
         return group.get(key)
     except Exception as e:  # zarr raises many kinds here
-        raise DataError(src, key, f"cannot read its metadata ({type(e).__name__}: {e}); restore it") from None
+        problem = f"cannot read its metadata ({type(e).__name__}: {e}); restore it or remove the entry"
+        raise DataError(src, where or key, problem) from None
 
 
 def _episode_ends(src: Path, root: zarr.Group) -> np.ndarray:
@@ -114,23 +118,32 @@ def _episode_ends(src: Path, root: zarr.Group) -> np.ndarray:
     return ends.astype(np.int64)
 
 
-def _data_arrays(src: Path, data: zarr.Group) -> dict[str, zarr.Array]:
-    """The arrays of `data/`, by name in a fixed order; an entry whose array metadata vanished
-    (chunks without .zarray / zarr.json) is an error, not an array that silently drops out."""
+def _children(src: Path, group: zarr.Group) -> list[str]:
+    """Names directly under a group, as its store lists them (links included), in a fixed order."""
+    prefix = f"{group.path}/" if group.path else ""
+
+    async def listing() -> list[str]:
+        return [name async for name in group.store.list_dir(prefix)]
+
     try:
-        arrays = dict(sorted(data.arrays()))
-        children = {k.split("/")[0] for k in stored_keys(data) if "/" in k}
-        groups = {name for name, _ in data.groups()}
-    except Exception as e:  # unreadable member metadata, unknown dtypes or codecs, a symlink loop
-        problem = f"cannot list the arrays ({type(e).__name__}: {e}): fix or remove the entry it names"
-        raise DataError(src, "data", problem) from None
-    orphans = sorted(children - set(arrays) - groups)
-    if orphans:
-        raise DataError(
-            src,
-            f"data/{orphans[0]}",
-            "holds chunks but no array metadata (.zarray or zarr.json): restore it or delete the folder",
-        )
+        return sorted(n for n in sync(listing()) if n not in METADATA_FILES)
+    except Exception as e:  # unreadable folder, a link loop
+        raise DataError(src, group.path, f"cannot list ({type(e).__name__}: {e}); fix or remove that entry") from None
+
+
+def _data_arrays(src: Path, data: zarr.Group) -> dict[str, zarr.Array]:
+    """The arrays of `data/`, by name; an entry whose array metadata vanished (chunks without
+    .zarray / zarr.json) or cannot be read is an error, not an array that silently drops out."""
+    chunked = {k.split("/")[0] for k in stored_keys(data) if "/" in k}
+    arrays = {}
+    for name in _children(src, data):
+        node = _member(src, data, name, f"data/{name}")
+        if isinstance(node, zarr.Array):
+            arrays[name] = node
+        elif node is None and name in chunked:
+            raise DataError(
+                src, f"data/{name}", "holds chunks but no array metadata (.zarray or zarr.json): restore it"
+            )
     return arrays
 
 
