@@ -139,3 +139,9 @@ def test_sampler_refuses_a_frame_missing_inside_a_shard(store):
     reader.read(0, np.zeros((1, 8, 8, 3), np.uint8))  # frame 0 is there
     with pytest.raises(DataError, match="frame 1 of the shard: missing"):
         reader.read(0, np.zeros((2, 8, 8, 3), np.uint8))
+
+
+@pytest.mark.parametrize("key", ["meta/episode_ends", "meta/annotations/task"])
+def test_validate_reports_a_meta_array_whose_metadata_vanished(store, key):
+    (store.path / key / "zarr.json").unlink()
+    assert f"{key}: array is missing" in validate_store(store.path)

@@ -14,6 +14,13 @@ from vla.errors import DataError
 
 STAT_FIELDS = ("mean", "std", "min", "max", *(f"q{round(q * 100):02d}" for q in QUANTILES))
 SCAN_BLOCK = 65_536
+META_ARRAYS = (
+    "meta/episode_ends",
+    "meta/episode_task",
+    "meta/annotations/start",
+    "meta/annotations/end",
+    "meta/annotations/task",
+)
 
 
 def validate_store(path: str | Path, scan_values: bool = True) -> list[str]:
@@ -42,6 +49,9 @@ def validate_store(path: str | Path, scan_values: bool = True) -> list[str]:
                 problems.append(f"data/{key}: {len(ks.names)} names for {ks.shape[0]} dimensions")
 
     problems.extend(chunk_problems(store))
+    absent = [key for key in META_ARRAYS if not isinstance(store.root.get(key), zarr.Array)]
+    if absent:  # the checks below read them: report what is missing instead
+        return [*problems, *(f"{key}: array is missing" for key in absent)]
     ends = store.episode_ends
     if len(ends) != n_ep:
         problems.append(f"meta/episode_ends: {len(ends)} entries, metadata says {n_ep} episodes")

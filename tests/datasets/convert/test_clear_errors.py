@@ -70,6 +70,13 @@ def test_libero_arrays_of_strings(libero, tmp_path, key):
     _fails("libero", libero, tmp_path / "out.zarr", rf"\[data/demo_1/{key}\]: expected numbers, got dtype \|S3")
 
 
+@pytest.mark.parametrize("group", ["data", "data/demo_0/obs"])
+def test_libero_member_name_that_is_not_utf8(libero, tmp_path, group):
+    with h5py.File(libero, "a") as f:
+        f[group].create_dataset(b"cam\xff_rgb", data=np.zeros(3))
+    _fails("libero", libero, tmp_path / "out.zarr", rf"\[{group}\]: member name b'cam\\xff_rgb' is not UTF-8")
+
+
 # --- Diffusion-Policy Zarr -----------------------------------------------------------------------
 @pytest.fixture
 def dp_src(tmp_path) -> Path:

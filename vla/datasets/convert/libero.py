@@ -108,6 +108,15 @@ def _demo_names(path: Path, data: h5py.Group) -> tuple[str, ...]:
     return tuple(k for _, k in sorted(found))
 
 
+def _names(path: Path, group: h5py.Group, where: str) -> list[str]:
+    """A group's member names, sorted; h5py gives a name that is not UTF-8 (a damaged file) as bytes."""
+    names = list(group)
+    bad = next((n for n in names if not isinstance(n, str)), None)
+    if bad is not None:
+        raise DataError(path, where, f"member name {bad!r} is not UTF-8 text (corrupt file?); restore the file")
+    return sorted(names)
+
+
 def _dataset(path: Path, group: h5py.Group, name: str, where: str) -> h5py.Dataset:
     if name not in group:
         raise DataError(path, f"{where}/{name}", "required array is missing")
@@ -147,7 +156,7 @@ def _check_demo(path: Path, grp: h5py.Group, name: str, action_dim: int) -> tupl
             raise DataError(path, f"{where}/obs/{key}", f"expected shape {expected}, got {ds.shape}")
         joint_dim = ds.shape[1] if key == "joint_states" else joint_dim
     cameras = []
-    for key in sorted(obs):
+    for key in _names(path, obs, f"{where}/obs"):
         if not key.endswith(CAMERA_SUFFIX):
             continue
         ds = _dataset(path, obs, key, f"{where}/obs")
@@ -198,6 +207,7 @@ def inspect_file(path: Path, action_dim: int, declared_task: str | None) -> Task
             data = f.get("data")
             if not isinstance(data, h5py.Group):
                 raise DataError(path, "data", "no 'data' group: not a LIBERO/robomimic demonstration file")
+            _names(path, data, "data")  # text names only, before demo names are parsed
             demos = _demo_names(path, data)
             first = None
             for name in demos:
