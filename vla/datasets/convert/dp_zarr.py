@@ -14,6 +14,9 @@ orientation or language, so:
 - images are upright unless declared otherwise; float images (the released Push-T stores float32
   0..255) must hold whole numbers in 0..255 and are stored as uint8;
 - the language instruction is `decl.task` (None without one).
+
+zarr reads a missing chunk back as its fill value: a source whose chunks are not all present, or
+with a `data/` entry whose array metadata vanished, is refused rather than converted into zeros.
 """
 
 from __future__ import annotations
