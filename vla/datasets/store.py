@@ -117,7 +117,7 @@ def check_chunks(arr: zarr.Array, path: str | Path, key: str) -> None:
             path,
             key,
             f"chunk {missing[0]}{more} missing (deleted or lost in a copy): it would read back as "
-            f"{arr.fill_value!r}; restore the file, or re-write the data with zarr's write_empty_chunks=True",
+            f"{arr.fill_value}; restore the file, or re-write the data with zarr's write_empty_chunks=True",
         )
 
 
