@@ -215,7 +215,7 @@ def test_pickled_dataset_reads_the_same(store):
 # --- reading frames -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def long_store(tmp_path_factory) -> Store:
-    # Three shards; frames 64..127 all black, so the second shard file is never written.
+    # Three shards; frames 64..127 all black: the second shard is written all the same (nothing is left out).
     per = IMAGE_SHARD_FRAMES
     return make_store(
         tmp_path_factory.mktemp("s") / "long.zarr", [70, 2 * per + 5 - 70], state=None, zero_frames=(per - 3, 2 * per)
@@ -225,7 +225,7 @@ def long_store(tmp_path_factory) -> Store:
 def test_frame_reader_matches_zarr_across_shards_and_empty_chunks(long_store):
     key = "observation.images.front"
     expected = long_store.array(key)[:]
-    assert not (long_store.path / "data" / key / "c" / "1").exists()  # the all-black shard
+    assert (long_store.path / "data" / key / "c" / "1").exists()  # the all-black shard is written too
     reader = FrameReader(long_store.path, key, (8, 8, 3))
     assert reader.layout is not None  # the fast path is in use
     for start, n in [(0, 1), (60, 10), (62, 70), (127, 3), (len(expected) - 2, 2)]:

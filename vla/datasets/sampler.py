@@ -73,6 +73,7 @@ def horizon_masks(horizons: Sequence[int], action_is_pad: torch.Tensor) -> dict[
 
 # --- reading frames -------------------------------------------------------------------------------
 _EMPTY_CHUNK = 2**64 - 1  # the sharding codec's index entry for a chunk that was never written
+_MISSING = "missing (deleted or lost in a copy); check with `vla data validate` and re-convert the store"
 MAX_OPEN_SHARDS = 256  # per camera and process; the cache is dropped when full
 
 
@@ -80,7 +81,6 @@ MAX_OPEN_SHARDS = 256  # per camera and process; the cache is dropped when full
 class _ShardLayout:
     frames_per_shard: int
     separator: str
-    fill_value: int
     compressed: bool  # inner codecs bytes+blosc (else bytes only)
 
 
@@ -109,7 +109,7 @@ def _shard_layout(meta_path: Path, frame_shape: tuple[int, ...]) -> _ShardLayout
         if not ok:
             return None
         sep = enc.get("configuration", {}).get("separator", "/")
-        return _ShardLayout(int(shard[0]), sep, int(meta.get("fill_value") or 0), len(inner) == 2)
+        return _ShardLayout(int(shard[0]), sep, len(inner) == 2)
     except (OSError, KeyError, TypeError, ValueError):
         return None
 
@@ -154,7 +154,7 @@ class FrameReader:
         sep = self.layout.separator
         return str(self.dir / sep.join(["c", str(shard), *["0"] * len(self.frame_shape)]))
 
-    def _open(self, shard: int) -> int | None:
+    def _open(self, shard: int) -> int:
         """A read-only descriptor of the shard file (cached: opening costs more than reading a frame)."""
         fd = self._fds.get(shard)
         if fd is None:
@@ -162,24 +162,20 @@ class FrameReader:
                 self.close()
             try:
                 fd = os.open(self._shard_path(shard), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except FileNotFoundError:  # zarr writes no file for a shard whose frames all equal the fill value
-                return None
+            except FileNotFoundError:  # the writer writes every shard: a missing one was deleted
+                raise DataError(self._shard_path(shard), self.key, _MISSING) from None
             self._fds[shard] = fd
         return fd
 
     def _read_shard(self, shard: int, first: int, out: np.ndarray) -> None:
         fd = self._open(shard)
-        if fd is None:
-            out[...] = self.layout.fill_value
-            return
         index = self._index.get(shard)
         if index is None:
             index = self._index[shard] = self._read_index(fd, self._shard_path(shard))
         for j, (offset, nbytes) in enumerate(index[first : first + len(out)].tolist()):
-            if offset == _EMPTY_CHUNK:
-                out[j] = self.layout.fill_value
-            else:
-                self._decode(os.pread(fd, nbytes, offset), out[j], shard)
+            if offset == _EMPTY_CHUNK:  # never a black frame: the writer writes every chunk
+                raise DataError(self._shard_path(shard), self.key, f"frame {first + j} of the shard: {_MISSING}")
+            self._decode(os.pread(fd, nbytes, offset), out[j], shard)
 
     def close(self) -> None:
         fds, self._fds = self._fds, {}

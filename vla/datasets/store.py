@@ -9,12 +9,13 @@ resumed from its last committed episode.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,7 +23,10 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.abc.store import OffsetByteRequest, SuffixByteRequest
+from zarr.codecs import BloscCodec, Crc32cCodec, ShardingCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from vla import __version__
 from vla.datasets import slots as slotlib
@@ -35,10 +39,89 @@ JOURNAL = "_vla_journal.json"
 PARTIAL_SUFFIX = ".partial"
 LOWDIM_CHUNK = 4096
 IMAGE_SHARD_FRAMES = 64
+# Every chunk is written, even one equal to the fill value, so that a missing chunk always means a
+# deleted or lost one: zarr would otherwise read it back as zeros without a word.
+WRITE_CONFIG = {"write_empty_chunks": True}
+_EMPTY_INDEX_ENTRY = 2**64 - 1  # the sharding codec's (offset, nbytes) of an inner chunk never written
 # Frame-level arrays every store has besides the spec's keys.
 INDEX_KEYS = {"episode_index": "int32", "frame_index": "int32", "timestamp": "float32"}
 NAME_MAX = 255  # bytes in one file name on the usual file systems (ext4, xfs, apfs)
 log = logging.getLogger(__name__)
+
+
+# --- chunk presence --------------------------------------------------------------------------------
+def _grid(shape: tuple[int, ...], block: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
+    return itertools.product(*(range(math.ceil(n / b)) for n, b in zip(shape, block, strict=True)))
+
+
+def stored_keys(node: zarr.Array | zarr.Group) -> set[str]:
+    """Keys (relative to the node) of every object its store holds under it."""
+    prefix = f"{node.path}/" if node.path else ""
+
+    async def listing() -> set[str]:
+        return {k[len(prefix) :] async for k in node.store.list_prefix(prefix)}
+
+    return sync(listing())
+
+
+def _shard_index(arr: zarr.Array, key: str, codec: ShardingCodec, n_inner: int) -> np.ndarray | None:
+    """(n_inner, 2) offsets and sizes of a shard's inner chunks, or None when unreadable."""
+    size = n_inner * 16 + (4 if any(isinstance(c, Crc32cCodec) for c in codec.index_codecs) else 0)
+    at_end = str(getattr(codec.index_location, "value", codec.index_location)) == "end"  # an enum or a str
+    where = SuffixByteRequest(size) if at_end else OffsetByteRequest(0)
+    buf = sync(arr.store.get(f"{arr.path}/{key}" if arr.path else key, default_buffer_prototype(), where))
+    raw = buf.to_bytes()[:size] if buf is not None else b""
+    if len(raw) != size:
+        return None
+    return np.frombuffer(raw[: n_inner * 16], "<u8").reshape(n_inner, 2)
+
+
+def _missing_inner(arr: zarr.Array, key: str, shard: tuple[int, ...], codec: ShardingCodec) -> list[str]:
+    inner = tuple(int(c) for c in codec.chunk_shape)
+    outer = tuple(int(s) for s in arr.shards)
+    per = tuple(o // i for o, i in zip(outer, inner, strict=True))
+    index = _shard_index(arr, key, codec, math.prod(per))
+    if index is None:
+        return [f"{key} (shard index unreadable)"]
+    missing = []
+    for j, local in enumerate(itertools.product(*(range(p) for p in per))):
+        start = [(s * o + c * i) for s, o, c, i in zip(shard, outer, local, inner, strict=True)]
+        inside = all(b < n for b, n in zip(start, arr.shape, strict=True))  # edge shards pad past the array
+        if inside and int(index[j, 0]) == _EMPTY_INDEX_ENTRY:
+            missing.append(f"{key} (inner chunk {j})")
+    return missing
+
+
+def missing_chunks(arr: zarr.Array) -> list[str]:
+    """Chunks the array's grid has but its store lacks: zarr reads those back as the fill value.
+
+    Each entry is a chunk key (or a shard key and inner chunk number), relative to the array.
+    """
+    codecs = getattr(arr.metadata, "codecs", ())
+    sharding = codecs[0] if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) else None
+    block = tuple(int(b) for b in (arr.shards if sharding else arr.chunks))
+    stored = stored_keys(arr)
+    missing = []
+    for coords in _grid(tuple(arr.shape), block):
+        key = arr.metadata.encode_chunk_key(coords)
+        if key not in stored:
+            missing.append(key)
+        elif sharding is not None and not isinstance(sharding.codecs[0], ShardingCodec):
+            missing.extend(_missing_inner(arr, key, coords, sharding))
+    return missing
+
+
+def check_chunks(arr: zarr.Array, path: str | Path, key: str) -> None:
+    """Raise DataError when any chunk of `arr` is missing (deleted, or lost in a copy)."""
+    missing = missing_chunks(arr)
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise DataError(
+            path,
+            key,
+            f"chunk {missing[0]}{more} missing (deleted or lost in a copy): it would read back as "
+            f"{arr.fill_value}; restore the file, or re-write the data with zarr's write_empty_chunks=True",
+        )
 
 
 @dataclass
@@ -309,7 +392,7 @@ class StoreWriter:
         arrays["timestamp"] = np.asarray(ts, np.float32)
         data = self.root["data"]
         for key, arr in arrays.items():
-            z = data[key]
+            z = data[key].with_config(WRITE_CONFIG)
             z.resize((end, *z.shape[1:]))
             z[start:end] = arr
         self._append("meta/episode_ends", [end])
@@ -325,7 +408,7 @@ class StoreWriter:
         self._commit()
 
     def _append(self, key: str, values: Iterable[int]) -> None:
-        z = self.root[key]
+        z = self.root[key].with_config(WRITE_CONFIG)
         values = np.asarray(list(values), dtype=z.dtype)
         old = z.shape[0]
         z.resize((old + len(values),))

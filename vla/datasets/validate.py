@@ -5,14 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from vla.datasets import slots as slotlib
 from vla.datasets.stats import QUANTILES
-from vla.datasets.store import INDEX_KEYS, Store
+from vla.datasets.store import INDEX_KEYS, Store, missing_chunks
 from vla.errors import DataError
 
 STAT_FIELDS = ("mean", "std", "min", "max", *(f"q{round(q * 100):02d}" for q in QUANTILES))
 SCAN_BLOCK = 65_536
+META_ARRAYS = (
+    "meta/episode_ends",
+    "meta/episode_task",
+    "meta/annotations/start",
+    "meta/annotations/end",
+    "meta/annotations/task",
+)
 
 
 def validate_store(path: str | Path, scan_values: bool = True) -> list[str]:
@@ -40,6 +48,10 @@ def validate_store(path: str | Path, scan_values: bool = True) -> list[str]:
             if ks.names and len(ks.shape) == 1 and len(ks.names) != ks.shape[0]:
                 problems.append(f"data/{key}: {len(ks.names)} names for {ks.shape[0]} dimensions")
 
+    problems.extend(chunk_problems(store))
+    absent = [key for key in META_ARRAYS if not isinstance(store.root.get(key), zarr.Array)]
+    if absent:  # the checks below read them: report what is missing instead
+        return [*problems, *(f"{key}: array is missing" for key in absent)]
     ends = store.episode_ends
     if len(ends) != n_ep:
         problems.append(f"meta/episode_ends: {len(ends)} entries, metadata says {n_ep} episodes")
@@ -91,4 +103,22 @@ def validate_store(path: str | Path, scan_values: bool = True) -> list[str]:
                         bad = s + int(np.argwhere(~np.isfinite(block))[0][0])
                         problems.append(f"data/{key}: non-finite value at frame {bad}")
                         break
+    return problems
+
+
+def chunk_problems(store: Store) -> list[str]:
+    """Every array of the store (data, meta, annotations; image shards down to each frame) must
+    have all its chunks: zarr would read a deleted one back as zeros."""
+    problems = []
+    for name, arr in sorted(store.root.members(max_depth=None)):
+        if not isinstance(arr, zarr.Array):
+            continue
+        try:
+            missing = missing_chunks(arr)
+        except Exception as e:  # an unreadable listing or shard: say so, keep validating the rest
+            problems.append(f"{name}: cannot check its chunks ({type(e).__name__}: {e})")
+            continue
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            problems.append(f"{name}: chunk {missing[0]}{more} missing (would read as zeros); re-convert the store")
     return problems

@@ -14,6 +14,9 @@ orientation or language, so:
 - images are upright unless declared otherwise; float images (the released Push-T stores float32
   0..255) must hold whole numbers in 0..255 and are stored as uint8;
 - the language instruction is `decl.task` (None without one).
+
+zarr reads a missing chunk back as its fill value: a source whose chunks are not all present, or
+with a `data/` entry whose array metadata vanished, is refused rather than converted into zeros.
 """
 
 from __future__ import annotations
@@ -27,17 +30,19 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync
 from zarr.storage import ZipStore
 
 from vla.datasets.convert.base import files_fingerprint
 from vla.datasets.declare import Declaration
 from vla.datasets.spec import ORIENTATIONS, CameraSpec, DimSpec, KeySpec, SourceInfo, StoreSpec
-from vla.datasets.store import INDEX_KEYS, Episode
+from vla.datasets.store import INDEX_KEYS, Episode, check_chunks, stored_keys
 from vla.errors import DataError
 from vla.keys import ACTION_KEY, IMAGE_PREFIX, STATE_KEY
 
 STATE_KEYS = ("state", "agent_pos")  # Diffusion Policy's names for the robot state, in preference order
 KNOWN_FORMATS = (2, 3)
+METADATA_FILES = (".zgroup", ".zattrs", ".zarray", ".zmetadata", "zarr.json")
 
 
 # --- opening -----------------------------------------------------------------------------------
@@ -84,11 +89,26 @@ def _open_group(src: Path, version: int) -> zarr.Group:
         raise DataError(src, None, f"cannot open the Zarr group: {e}") from None
 
 
+def _member(src: Path, group: zarr.Group, key: str, where: str | None = None) -> zarr.Array | zarr.Group | None:
+    """group[key], None when absent; metadata zarr cannot read (corrupt JSON, unknown dtype or codec,
+    a link loop) is an error naming it."""
+    try:
+        return group.get(key)
+    except Exception as e:  # zarr raises many kinds here
+        problem = f"cannot read its metadata ({type(e).__name__}: {e}); restore it or remove the entry"
+        raise DataError(src, where or key, problem) from None
+
+
 def _episode_ends(src: Path, root: zarr.Group) -> np.ndarray:
-    node = root.get("meta/episode_ends") if "meta" in root else None
+    key = "meta/episode_ends"
+    node = _member(src, root, key)
     if not isinstance(node, zarr.Array):
-        raise DataError(src, "meta/episode_ends", "required array is missing (not a replay buffer?)")
-    ends = np.asarray(node[:])
+        raise DataError(src, key, "required array is missing (not a replay buffer?)")
+    check_chunks(node, src, key)
+    try:
+        ends = np.asarray(node[:])
+    except Exception as e:  # corrupt chunk bytes, codec errors
+        raise DataError(src, key, f"cannot read ({type(e).__name__}: {e}); restore the file") from None
     if ends.ndim != 1 or ends.dtype.kind not in "iu":
         raise DataError(src, "meta/episode_ends", f"expected a 1-D integer array, got {ends.dtype} {ends.shape}")
     if len(ends) == 0:
@@ -99,6 +119,35 @@ def _episode_ends(src: Path, root: zarr.Group) -> np.ndarray:
     if np.any(lengths < 0):
         raise DataError(src, "meta/episode_ends", f"not increasing at episode {int(np.argmax(lengths < 0))}")
     return ends.astype(np.int64)
+
+
+def _children(src: Path, group: zarr.Group) -> list[str]:
+    """Names directly under a group, as its store lists them (links included), in a fixed order."""
+    prefix = f"{group.path}/" if group.path else ""
+
+    async def listing() -> list[str]:
+        return [name async for name in group.store.list_dir(prefix)]
+
+    try:
+        return sorted(n for n in sync(listing()) if n not in METADATA_FILES)
+    except Exception as e:  # unreadable folder, a link loop
+        raise DataError(src, group.path, f"cannot list ({type(e).__name__}: {e}); fix or remove that entry") from None
+
+
+def _data_arrays(src: Path, data: zarr.Group) -> dict[str, zarr.Array]:
+    """The arrays of `data/`, by name; an entry whose array metadata vanished (chunks without
+    .zarray / zarr.json) or cannot be read is an error, not an array that silently drops out."""
+    chunked = {k.split("/")[0] for k in stored_keys(data) if "/" in k}
+    arrays = {}
+    for name in _children(src, data):
+        node = _member(src, data, name, f"data/{name}")
+        if isinstance(node, zarr.Array):
+            arrays[name] = node
+        elif node is None and name in chunked:
+            raise DataError(
+                src, f"data/{name}", "holds chunks but no array metadata (.zarray or zarr.json): restore it"
+            )
+    return arrays
 
 
 # --- key mapping -------------------------------------------------------------------------------
@@ -182,10 +231,10 @@ class DiffusionPolicyZarrConverter:
             )
         self.version = zarr_format_of(self.src)
         root = _open_group(self.src, self.version)
-        data = root.get("data")
+        data = _member(self.src, root, "data")
         if not isinstance(data, zarr.Group):
             raise DataError(self.src, "data", "required group is missing (not a replay buffer?)")
-        self.arrays = dict(sorted(data.arrays()))  # a fixed key order whatever the listing order
+        self.arrays = _data_arrays(self.src, data)
         self.ends = _episode_ends(self.src, root)
         self.starts = np.concatenate([[0], self.ends[:-1]])
         for name, arr in self.arrays.items():
@@ -200,6 +249,8 @@ class DiffusionPolicyZarrConverter:
             )
         self.mapping = merged_mapping(self.arrays, decl.keys)
         _check_mapping(self.src, self.mapping, self.arrays)
+        for name in self.mapping:  # zarr would read a missing chunk back as zeros
+            check_chunks(self.arrays[name], self.src, f"data/{name}")
         self.cameras = {t[len(IMAGE_PREFIX) :]: n for n, t in self.mapping.items() if t.startswith(IMAGE_PREFIX)}
         for cam, value in decl.camera_orientation.items():
             if cam not in self.cameras or value not in ORIENTATIONS:

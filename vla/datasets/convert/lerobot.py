@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from vla.datasets.convert.base import files_fingerprint
 from vla.datasets.declare import Declaration, infer_dims
@@ -44,6 +46,12 @@ from vla.errors import DataError
 from vla.keys import ACTION_KEY, IMAGE_PREFIX, STATE_KEY
 
 INFO_PATH = Path("meta/info.json")
+STATS_PATH = Path("meta/stats.json")
+PARQUET_FILES = {  # glob -> what it holds
+    "meta/tasks.parquet": "the task table",
+    "meta/episodes/*/*.parquet": "the episodes metadata",
+    "data/*/*.parquet": "the frame data",
+}
 SUPPORTED_MAJOR = "v3."
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 CAMERA_DTYPES = ("video", "image")
@@ -51,17 +59,22 @@ NUMERIC_KINDS = "biuf"  # numpy kinds kept as extra keys: bool, signed, unsigned
 
 
 # --- metadata, read before lerobot is asked to open anything ------------------------------------
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(path, None, f"cannot read as JSON ({e}); restore it from the original dataset") from None
+    if not isinstance(obj, dict):
+        raise DataError(path, None, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def read_info(src: Path) -> dict[str, Any]:
     """meta/info.json, checked for what this converter relies on (version, fps, features)."""
     path = src / INFO_PATH
     if not path.is_file():
         raise DataError(path, None, "missing: not a LeRobot dataset folder (every LeRobot dataset has meta/info.json)")
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(path, None, f"cannot read as JSON: {e}") from None
-    if not isinstance(info, dict):
-        raise DataError(path, None, "expected a JSON object")
+    info = _json_object(path)
     version = info.get("codebase_version")
     if not isinstance(version, str) or not version.startswith(SUPPORTED_MAJOR):
         raise DataError(
@@ -75,18 +88,95 @@ def read_info(src: Path) -> dict[str, Any]:
         raise DataError(path, "fps", f"expected a positive number, got {fps!r}")
     if not isinstance(info.get("features"), dict) or not info["features"]:
         raise DataError(path, "features", "missing or empty: the dataset describes no per-frame features")
+    for key, ft in info["features"].items():
+        _check_feature(path, key, ft)
     return info
+
+
+def _check_feature(path: Path, key: str, ft: Any) -> None:
+    """A feature entry is an object with a dtype name and a shape of positive sizes."""
+    if not isinstance(ft, dict) or not isinstance(ft.get("dtype"), str):
+        raise DataError(path, f"features.{key}", f"expected an object with a 'dtype' name, got {json.dumps(ft)[:80]}")
+    shape = ft.get("shape")
+    if not (isinstance(shape, list) and shape and all(type(n) is int and n > 0 for n in shape)):
+        raise DataError(path, f"features.{key}.shape", f"expected a list of positive sizes, got {json.dumps(shape)}")
 
 
 def check_layout(src: Path) -> None:
     """The files lerobot needs besides info.json: without them it would try a hub download."""
-    for pattern, what in (
-        ("meta/tasks.parquet", "the task table"),
-        ("meta/episodes/*/*.parquet", "the episodes metadata"),
-        ("data/*/*.parquet", "the frame data"),
-    ):
+    for pattern, what in PARQUET_FILES.items():
         if not any(src.glob(pattern)):
             raise DataError(src / pattern, None, f"missing: {what} of the LeRobot dataset")
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's text on one line (arrow's messages span several)."""
+    return " ".join(str(e).split())
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The innermost exception of a chain (datasets wraps arrow's errors in its own)."""
+    seen = {id(e)}
+    while (inner := e.__cause__ or e.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        e = inner
+    return e
+
+
+def _parquet(path: Path) -> pq.ParquetFile:
+    """A Parquet file opened from its footer: a truncated or garbled one fails here, by name."""
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        problem = f"not a readable Parquet file, truncated or corrupt ({_one_line(e)}); restore it from the original"
+        raise DataError(path, None, problem) from None
+
+
+def _values_per_frame(arrow_type: pa.DataType) -> int | None:
+    """Numbers per row of a column: 1 for a scalar, the product of fixed-size list lengths; None
+    for anything whose width the schema does not fix (variable lists, structs)."""
+    if pa.types.is_fixed_size_list(arrow_type):
+        inner = _values_per_frame(arrow_type.value_type)
+        return None if inner is None else arrow_type.list_size * inner
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_boolean(arrow_type):
+        return 1
+    return None
+
+
+def _check_columns(info_path: Path, data_file: Path, features: dict[str, Any], schema: pa.Schema) -> None:
+    """Every numeric feature info.json lists is a column of the data file, of the width it says."""
+    for key, ft in features.items():
+        if _numeric_dtype(ft["dtype"]) is None:
+            continue
+        if key not in schema.names:
+            raise DataError(data_file, key, "column missing, though meta/info.json lists the feature")
+        shape = ft["shape"]
+        expected = int(np.prod(shape))
+        found = _values_per_frame(schema.field(key).type)
+        if found is not None and found != expected:
+            raise DataError(
+                info_path,
+                f"features.{key}.shape",
+                f"is {list(shape)} ({expected} values a frame), but {data_file.relative_to(info_path.parents[1])} "
+                f"holds {found}: fix info.json or the data",
+            )
+
+
+def check_files(src: Path, info: dict[str, Any]) -> None:
+    """The Parquet files lerobot will read, checked against info.json before lerobot opens them
+    (it reports a broken file as 'DatasetGenerationError' and a wrong count as a failed download)."""
+    info_path = src / INFO_PATH
+    if (src / STATS_PATH).exists():  # optional, but lerobot reads it when present
+        _json_object(src / STATS_PATH)
+    _parquet(src / "meta/tasks.parquet")
+    episodes = sum(_parquet(p).metadata.num_rows for p in sorted(src.glob("meta/episodes/*/*.parquet")))
+    for path in sorted(src.glob("data/*/*.parquet")):
+        _check_columns(info_path, path, info["features"], _parquet(path).schema_arrow)
+    total = info.get("total_episodes")
+    if total != episodes:
+        raise DataError(
+            info_path, "total_episodes", f"says {total!r}, meta/episodes/ lists {episodes} episodes: fix info.json"
+        )
 
 
 def feature_names(key: str, ft: dict[str, Any], width: int) -> list[str]:
@@ -176,6 +266,7 @@ class LeRobotConverter:
         self.info = read_info(self.src)
         self.info_path = self.src / INFO_PATH
         check_layout(self.src)
+        check_files(self.src, self.info)
         self.features: dict[str, dict[str, Any]] = self.info["features"]
         self._map_keys()
         self._check_orientations()
@@ -281,12 +372,22 @@ class LeRobotConverter:
             return LeRobotDataset(self.repo_id, root=self.src, video_backend=self.backend)
         except Exception as e:  # lerobot raises many kinds; all mean "cannot read this folder"
             self._diagnose()
-            problem = f"lerobot cannot open the dataset ({type(e).__name__}: {str(e).strip()[:500]})"
+            cause = _root_cause(e)
+            problem = f"lerobot cannot open the dataset ({type(cause).__name__}: {_one_line(cause)[:500]})"
             raise DataError(self.src, None, problem) from e
 
     def _diagnose(self) -> None:
-        """Name the file when lerobot failed for a missing video (it would then try a hub download)."""
+        """Name the file when lerobot failed for a Parquet file whose pages cannot be decoded (it says
+        only 'DatasetGenerationError') or a missing video (it would then try a hub download)."""
         from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
+
+        for path in (p for pattern in PARQUET_FILES for p in sorted(self.src.glob(pattern))):
+            try:
+                pq.read_table(path)
+            except (OSError, pa.ArrowException) as e:
+                raise DataError(
+                    path, None, f"cannot read, corrupt ({_one_line(e)}); restore it from the original dataset"
+                ) from None
 
         try:
             meta = LeRobotDatasetMetadata(self.repo_id, root=self.src)
@@ -362,16 +463,11 @@ class LeRobotConverter:
         ep = self.meta.episodes[index]
         begin, end = int(ep["dataset_from_index"]), int(ep["dataset_to_index"])
         data_path = self.src / self.meta.get_data_file_path(index)
-        rows = self.rows[begin:end]
-        if end <= begin or not np.array_equal(rows["index"], np.arange(begin, end)):
-            raise DataError(data_path, "index", f"episode {index}'s frames {begin}..{end} are not where metadata says")
+        rows = self._rows(data_path, index, begin, end)
         n = end - begin
         frames: dict[str, np.ndarray] = {}
         for key in self.lowdim_sources():
-            shape = tuple(int(s) for s in self.features[key]["shape"])
-            values = np.asarray(rows[key]).reshape(n, *shape)  # lerobot keeps shape-(1,) features as scalars
-            self._check_finite(data_path, key, index, values)
-            frames[self.mapping[key]] = values
+            frames[self.mapping[key]] = self._lowdim(data_path, key, index, rows[key], n)
         for key, cam in self.cameras:
             images = self._video(index, ep, key, rows["timestamp"]) if key in self.video_cameras else rows[key]
             frames[cam.key] = self._upright(data_path, key, cam, np.asarray(images), n)
@@ -384,6 +480,27 @@ class LeRobotConverter:
             timestamps=np.asarray(rows["timestamp"], np.float64),
         )
 
+    def _rows(self, data_path: Path, index: int, begin: int, end: int) -> dict[str, Any]:
+        """The episode's rows of the data parquet (pages are decoded here: a garbled one fails here)."""
+        try:
+            rows = self.rows[begin:end]
+        except Exception as e:  # arrow raises many kinds for damaged pages; all mean "cannot read"
+            problem = f"cannot read episode {index}'s rows {begin}..{end - 1} ({type(e).__name__}: {_one_line(e)})"
+            raise DataError(data_path, None, problem[:800] + "; restore the file") from None
+        if end <= begin or not np.array_equal(rows["index"], np.arange(begin, end)):
+            raise DataError(data_path, "index", f"episode {index}'s frames {begin}..{end} are not where metadata says")
+        return rows
+
+    def _lowdim(self, data_path: Path, key: str, index: int, column: Any, n: int) -> np.ndarray:
+        shape = tuple(int(s) for s in self.features[key]["shape"])
+        values = np.asarray(column)
+        if values.dtype.kind not in NUMERIC_KINDS or values.size != n * int(np.prod(shape)):
+            problem = f"episode {index}: {values.dtype} {values.shape}, meta/info.json says shape {list(shape)}"
+            raise DataError(data_path, key, problem)
+        values = values.reshape(n, *shape)  # lerobot keeps shape-(1,) features as scalars
+        self._check_finite(data_path, key, index, values)
+        return values
+
     def _video(self, index: int, ep: dict[str, Any], key: str, timestamps: np.ndarray) -> np.ndarray:
         """The episode's frames of one camera: one seek and one decoding pass over its segment."""
         from lerobot.datasets.video_utils import decode_video_frames
@@ -395,7 +512,9 @@ class LeRobotConverter:
             with single_torch_thread():
                 frames = decode_video_frames(path, query, self.dataset.tolerance_s, self.backend, return_uint8=True)
         except Exception as e:  # timestamps outside the video, corrupt or truncated mp4, ...
-            problem = f"cannot decode episode {index} ({query[0]:.3f}..{query[-1]:.3f} s): {type(e).__name__}: {e}"
+            problem = (
+                f"cannot decode episode {index} ({query[0]:.3f}..{query[-1]:.3f} s): {type(e).__name__}: {_one_line(e)}"
+            )
             raise DataError(path, key, problem[:800]) from e
         return frames.permute(0, 2, 3, 1).numpy()  # (T, C, H, W) -> (T, H, W, C)
 

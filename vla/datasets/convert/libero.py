@@ -50,6 +50,7 @@ from vla.keys import ACTION_KEY, STATE_KEY, camera_key
 HDF5_SUFFIXES = (".hdf5", ".h5")
 CAMERA_SUFFIX = "_rgb"
 DEMO_NAME = re.compile(r"demo_(\d+)")
+PROBLEM_INFO = "data.attrs['problem_info']"
 # Low-dimensional obs arrays every demo needs, with their width (None: any width, same in all files).
 LOWDIM_OBS: dict[str, int | None] = {"ee_pos": 3, "ee_ori": 3, "gripper_states": 2, "joint_states": None}
 
@@ -86,8 +87,19 @@ def _open(path: Path) -> h5py.File:
         raise DataError(path, None, f"cannot open as HDF5 (truncated or corrupt file?): {e}") from None
 
 
-def _attr_text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _attr_text(path: Path, key: str, value: Any) -> str:
+    """A text attribute as str: HDF5 stores them as bytes or str; anything else is not text."""
+    if isinstance(value, np.ndarray) and value.shape == ():  # a scalar read back as a 0-d array
+        value = value[()]
+    if not isinstance(value, bytes | np.bytes_ | str):
+        raise DataError(path, key, f"expected text, got {type(value).__name__} {str(value)[:80]!r}")
+    try:
+        if isinstance(value, str):
+            value.encode()  # h5py decodes invalid UTF-8 to lone surrogates: encoding finds them
+            return value
+        return bytes(value).decode()
+    except UnicodeError as e:
+        raise DataError(path, key, f"not UTF-8 text ({e}); re-save the attribute as UTF-8") from None
 
 
 def _demo_names(path: Path, data: h5py.Group) -> tuple[str, ...]:
@@ -98,6 +110,15 @@ def _demo_names(path: Path, data: h5py.Group) -> tuple[str, ...]:
         if n0 == n1:  # demo_1 and demo_01 would both be episode 1: which one is meant is unknowable
             raise DataError(path, f"data/{k1}", f"same demo number {n0} as data/{k0}; remove or rename one")
     return tuple(k for _, k in found)
+
+
+def _names(path: Path, group: h5py.Group, where: str) -> list[str]:
+    """A group's member names, sorted; h5py gives a name that is not UTF-8 (a damaged file) as bytes."""
+    names = list(group)
+    bad = next((n for n in names if not isinstance(n, str)), None)
+    if bad is not None:
+        raise DataError(path, where, f"member name {bad!r} is not UTF-8 text (corrupt file?); restore the file")
+    return sorted(names)
 
 
 def _dataset(path: Path, group: h5py.Group, name: str, where: str) -> h5py.Dataset:
@@ -112,10 +133,17 @@ def _dataset(path: Path, group: h5py.Group, name: str, where: str) -> h5py.Datas
     return ds
 
 
+def _numeric(path: Path, ds: h5py.Dataset, key: str) -> h5py.Dataset:
+    """Actions and low-dimensional observations must be numbers (not strings, compounds, ...)."""
+    if ds.dtype.kind not in "iuf":
+        raise DataError(path, key, f"expected numbers, got dtype {ds.dtype}; re-export the array as float")
+    return ds
+
+
 def _check_demo(path: Path, grp: h5py.Group, name: str, action_dim: int) -> tuple[tuple, int, str]:
     """Validate one demo's structure; returns its cameras, joint width and low-dim dtype."""
     where = f"data/{name}"
-    actions = _dataset(path, grp, "actions", where)
+    actions = _numeric(path, _dataset(path, grp, "actions", where), f"{where}/actions")
     if actions.ndim != 2 or actions.shape[1] != action_dim:
         raise DataError(path, f"{where}/actions", f"expected shape (T, {action_dim}), got {actions.shape}")
     n = actions.shape[0]
@@ -126,13 +154,13 @@ def _check_demo(path: Path, grp: h5py.Group, name: str, action_dim: int) -> tupl
         raise DataError(path, f"{where}/obs", "required group is missing")
     joint_dim = 0
     for key, width in LOWDIM_OBS.items():
-        ds = _dataset(path, obs, key, f"{where}/obs")
+        ds = _numeric(path, _dataset(path, obs, key, f"{where}/obs"), f"{where}/obs/{key}")
         if ds.ndim != 2 or ds.shape[0] != n or (width is not None and ds.shape[1] != width):
             expected = f"({n}, {width if width is not None else 'J'})"
             raise DataError(path, f"{where}/obs/{key}", f"expected shape {expected}, got {ds.shape}")
         joint_dim = ds.shape[1] if key == "joint_states" else joint_dim
     cameras = []
-    for key in sorted(obs):
+    for key in _names(path, obs, f"{where}/obs"):
         if not key.endswith(CAMERA_SUFFIX):
             continue
         ds = _dataset(path, obs, key, f"{where}/obs")
@@ -149,20 +177,31 @@ def _language(path: Path, data: h5py.Group, declared: str | None) -> tuple[str |
         return declared, "declaration (task)"
     raw = data.attrs.get("problem_info")
     if raw is not None:
-        try:
-            info = json.loads(_attr_text(raw))
-        except json.JSONDecodeError as e:
-            raise DataError(path, "data.attrs['problem_info']", f"not valid JSON: {e}") from None
-        text = info.get("language_instruction") if isinstance(info, dict) else None
-        if isinstance(text, list):  # LIBERO's BDDL parser may keep the instruction as a word list
-            text = " ".join(str(w) for w in text)
-        text = (text or "").strip().strip('"').strip()
+        text = _instruction(path, _attr_text(path, PROBLEM_INFO, raw))
         if text:
             return text, "problem_info.language_instruction"
     derived = language_from_filename(path.name)
     if derived:
         return derived, "file name (no language in problem_info; derived as LIBERO's benchmark does)"
     return None, "none (no problem_info and not a LIBERO file name; pass --task)"
+
+
+def _instruction(path: Path, problem_info: str) -> str:
+    """`language_instruction` of the problem_info JSON: text, or a word list; "" when absent."""
+    try:
+        info = json.loads(problem_info)
+    except json.JSONDecodeError as e:
+        raise DataError(path, PROBLEM_INFO, f"not valid JSON: {e}") from None
+    text = info.get("language_instruction") if isinstance(info, dict) else None
+    if isinstance(text, list) and all(isinstance(w, str) for w in text):  # LIBERO's BDDL parser may keep words
+        text = " ".join(text)
+    if text is not None and not isinstance(text, str):
+        raise DataError(
+            path,
+            f"{PROBLEM_INFO}.language_instruction",
+            f"expected text, got {type(text).__name__} {json.dumps(text)[:80]}; fix the file or pass --task",
+        )
+    return (text or "").strip().strip('"').strip()
 
 
 def inspect_file(path: Path, action_dim: int, declared_task: str | None) -> TaskFile:
@@ -172,6 +211,7 @@ def inspect_file(path: Path, action_dim: int, declared_task: str | None) -> Task
             data = f.get("data")
             if not isinstance(data, h5py.Group):
                 raise DataError(path, "data", "no 'data' group: not a LIBERO/robomimic demonstration file")
+            _names(path, data, "data")  # text names only, before demo names are parsed
             demos = _demo_names(path, data)
             first = None
             for name in demos:
@@ -191,7 +231,9 @@ def inspect_file(path: Path, action_dim: int, declared_task: str | None) -> Task
         demos=demos,
         language=language,
         language_source=source,
-        image_convention=_attr_text(convention) if convention is not None else None,
+        image_convention=_attr_text(path, "data.attrs['macros_image_convention']", convention)
+        if convention is not None
+        else None,
         cameras=cameras,
         joint_dim=joint_dim,
         lowdim_dtype=dtype,
