@@ -17,6 +17,7 @@ import numpy as np
 from rich.table import Table
 
 from vla.eval.episodes import EpisodeResult
+from vla.eval.statistics import format_rate
 
 REPORT_FILE = "report.md"
 PLOT_FILE = "success.png"
@@ -29,14 +30,14 @@ VIDEO_DIR = "videos"
 def summary_table(summary: Mapping[str, Any]) -> Table:
     """Per-task rows, then one row per group (suite) and the overall line."""
     title = f"{summary.get('benchmark', 'eval')} ({summary.get('preset', '')})"
-    table = Table("task", "name", "trials", "success", "rate", "mean steps", "errors", title=title)
+    table = Table("task", "name", "trials", "success", "rate [95% CI]", "mean steps", "errors", title=title)
     for row in summary["tasks"]:
         table.add_row(
             row["task"],
             row.get("name", ""),
             str(row["trials"]),
             str(row["successes"]),
-            f"{row['success_rate']:.1%}",
+            format_rate(row["success_rate"], row.get("ci95")),
             f"{row['mean_steps']:.0f}",
             str(row["errors"]),
         )
@@ -47,7 +48,7 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
             "(all tasks)",
             str(row["trials"]),
             str(row["successes"]),
-            f"{row['success_rate']:.1%}",
+            format_rate(row["success_rate"], row.get("ci95")),
             f"{row['mean_steps']:.0f}",
             str(row["errors"]),
             style="bold",
@@ -56,16 +57,17 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
 
 
 def markdown_table(summary: Mapping[str, Any]) -> str:
-    lines = ["| task | name | trials | successes | success rate | mean steps |", "|---|---|---|---|---|---|"]
+    head = "| task | name | trials | successes | success rate [95% CI] | mean steps |"
+    lines = [head, "|---|---|---|---|---|---|"]
     for row in summary["tasks"]:
         lines.append(
             f"| {row['task']} | {row.get('name', '')} | {row['trials']} | {row['successes']} | "
-            f"{row['success_rate']:.1%} | {row['mean_steps']:.0f} |"
+            f"{format_rate(row['success_rate'], row.get('ci95'))} | {row['mean_steps']:.0f} |"
         )
     for name, row in summary.get("groups", {}).items():
         lines.append(
             f"| **{name}** | all tasks | {row['trials']} | {row['successes']} | "
-            f"**{row['success_rate']:.1%}** | {row['mean_steps']:.0f} |"
+            f"**{format_rate(row['success_rate'], row.get('ci95'))}** | {row['mean_steps']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -81,9 +83,14 @@ def plot_success(summary: Mapping[str, Any], path: str | Path) -> Path:
 
     rows = summary["tasks"]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(rows) + 2), 3.2))
-    ax.bar([r["task"] for r in rows], [r["success_rate"] for r in rows], color="tab:blue")
+    rates = [r["success_rate"] for r in rows]
+    # Error bars: each task's Wilson 95% interval (asymmetric around the rate).
+    errors = [[rate - r.get("ci95", (rate, rate))[0] for r, rate in zip(rows, rates, strict=True)],
+              [r.get("ci95", (rate, rate))[1] - rate for r, rate in zip(rows, rates, strict=True)]]  # fmt: skip
+    ax.bar([r["task"] for r in rows], rates, yerr=errors, capsize=3, color="tab:blue", ecolor="0.3")
     for name, row in summary.get("groups", {}).items():
-        ax.axhline(row["success_rate"], color="tab:red", linestyle="--", label=f"{name}: {row['success_rate']:.1%}")
+        label = f"{name}: {format_rate(row['success_rate'], row.get('ci95'))}"
+        ax.axhline(row["success_rate"], color="tab:red", linestyle="--", label=label)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate")
     ax.set_title(f"{summary.get('benchmark', 'eval')} ({summary.get('preset', '')})")
@@ -134,7 +141,8 @@ def write_report(
     settings = summary.get("settings", {})
     default_headline = (
         f"Policy: `{summary.get('policy', {}).get('source', '')}`; "
-        f"{summary.get('episodes', 0)} episodes, success rate {summary.get('success_rate', 0):.1%}, "
+        f"{summary.get('episodes', 0)} episodes, success rate "
+        f"{format_rate(summary.get('success_rate', 0), summary.get('success_ci95'))} (95% interval), "
         f"wall time {summary.get('wall_s', 0):.0f} s."
     )
     lines = [

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vla.eval.episodes import EpisodeResult, EpisodeSpec, EvalError
+from vla.eval.statistics import wilson_interval
 
 EPISODES_FILE = "episodes.jsonl"
 RUN_FILE = "run.json"
@@ -109,7 +110,8 @@ class ResultsLog:
 
 
 def group_rates(records: Iterable[Mapping[str, Any]], key: str) -> dict[str, dict[str, Any]]:
-    """Per-group trials, successes, success rate, mean steps (all / successful), errors."""
+    """Per-group trials, successes, success rate with its Wilson 95% interval, mean steps (all / successful),
+    errors."""
     groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for r in records:
         groups[str(r[key])].append(r)
@@ -120,6 +122,7 @@ def group_rates(records: Iterable[Mapping[str, Any]], key: str) -> dict[str, dic
             "trials": len(rows),
             "successes": len(ok),
             "success_rate": len(ok) / len(rows),
+            "ci95": list(wilson_interval(len(ok), len(rows))),
             "mean_steps": sum(r["steps"] for r in rows) / len(rows),
             "mean_steps_success": sum(r["steps"] for r in ok) / len(ok) if ok else None,
             "errors": sum(1 for r in rows if r.get("error")),

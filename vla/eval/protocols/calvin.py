@@ -30,6 +30,7 @@ from vla.eval.protocol import EvalProtocol, PreparedEval, Replan, ResolvedPolicy
 from vla.eval.report import plot_bars, write_report
 from vla.eval.results import ResultsLog
 from vla.eval.runner import RunStats
+from vla.eval.statistics import format_rate, wilson_interval
 from vla.sim.calvin.chains import CHAIN_LENGTH, NUM_CHAINS, Chain, evaluation_chains
 from vla.sim.calvin.env import EP_LEN, BackendFactory, CalvinEnv, SimulatorFactory
 from vla.sim.calvin.instructions import instruction
@@ -189,10 +190,16 @@ class CalvinProtocol(EvalProtocol):
                 "chains_planned": len(plan.episodes),
                 "episodes": len(records),
                 "chain_sr": {str(i + 1): v for i, v in enumerate(sr)},
+                # Wilson 95% interval of each position's share of chains
+                "chain_sr_ci95": {
+                    str(i + 1): list(wilson_interval(sum(1 for n in lengths if n > i), len(lengths)))
+                    for i in range(CHAIN_LENGTH)
+                },
                 "avg_len": sum(sr),
                 "length_histogram": {str(n): lengths.count(n) for n in range(CHAIN_LENGTH + 1)},
                 "successes": sum(1 for n in lengths if n == CHAIN_LENGTH),
                 "success_rate": sr[-1],
+                "success_ci95": list(wilson_interval(sum(1 for n in lengths if n == CHAIN_LENGTH), len(lengths))),
                 "errors": sum(1 for r in records if r.get("error")),
             },
             # rows for the generic report table: one per subtask
@@ -268,7 +275,8 @@ def chain_success_rates(lengths: Sequence[int], positions: int = CHAIN_LENGTH) -
 
 
 def subtask_rates(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per subtask: attempts, successes, rate, mean steps (over attempts), as the reference's task_info."""
+    """Per subtask: attempts, successes, rate with its Wilson 95% interval, mean steps (over attempts), as the
+    reference's task_info."""
     tries, wins, steps = Counter(), Counter(), Counter()
     for r in records:
         for stage in r.get("stages") or []:
@@ -281,6 +289,7 @@ def subtask_rates(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, A
             "trials": tries[name],
             "successes": wins[name],
             "success_rate": wins[name] / tries[name],
+            "ci95": list(wilson_interval(wins[name], tries[name])),
             "mean_steps": steps[name] / tries[name],
         }
         for name in sorted(tries, key=lambda n: (-tries[n], n))
@@ -342,13 +351,13 @@ def print_summary(summary: Mapping[str, Any], console: Any = None) -> None:
     table.add_row(*(f"{v:.1%}" for v in sr.values()), f"{summary['avg_len']:.2f}", style="bold")
     console.print(table)
     if summary["tasks"]:
-        sub = Table("subtask", "attempts", "successes", "rate", "mean steps", title="per subtask")
+        sub = Table("subtask", "attempts", "successes", "rate [95% CI]", "mean steps", title="per subtask")
         for row in summary["tasks"]:
             sub.add_row(
                 row["task"],
                 str(row["trials"]),
                 str(row["successes"]),
-                f"{row['success_rate']:.1%}",
+                format_rate(row["success_rate"], row.get("ci95")),
                 f"{row['mean_steps']:.0f}",
             )
         console.print(sub)

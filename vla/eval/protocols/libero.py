@@ -30,6 +30,7 @@ from vla.eval.protocol import EvalProtocol, PreparedEval, Replan, ResolvedPolicy
 from vla.eval.report import summary_table
 from vla.eval.results import ResultsLog, group_rates
 from vla.eval.runner import RunStats
+from vla.eval.statistics import wilson_interval
 from vla.sim.libero import (
     MAX_STEPS,
     SUITES,
@@ -287,6 +288,7 @@ class LiberoProtocol(EvalProtocol):
                 "episodes_planned": len(plan.episodes),
                 "successes": successes,
                 "success_rate": successes / len(records) if records else 0.0,
+                "success_ci95": list(wilson_interval(successes, len(records))),
             },
             tasks=task_rows,
             groups=group_rates(records, "suite"),
