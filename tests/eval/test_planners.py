@@ -75,3 +75,16 @@ def test_a_policy_can_choose_how_many_actions_to_execute():
     plan = planner.plan(batch(3, **{"observation.state": np.zeros((3, 1, 8), np.float32)}))
     assert plan.n_exec.tolist() == [1, 3, 6], "clipped to the chunk"
     assert planner.describe()["replan_steps"] == "policy-decided"
+
+
+def test_simulator_workers_import_no_torch():
+    """A worker process imports the episode machinery and its environment factory; torch and the checkpoint
+    code load only where a policy runs (seconds and hundreds of MB per worker otherwise)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vla.eval.worker, vla.eval.planners, vla.eval.protocols.libero, vla.eval.protocols.calvin; "
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('vla.'))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

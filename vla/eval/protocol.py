@@ -32,7 +32,6 @@ from vla.eval.results import ResultsLog, finish_run, start_run
 from vla.eval.runner import RunStats, run_episodes
 from vla.eval.worker import SlotConfig
 from vla.keys import camera_name
-from vla.policies.pretrained import load_data_spec
 from vla.policies.runtime import PolicyPlanner, policy_decides_horizon
 
 RANDOM = "random"  # the --policy value of the random smoke-test planner
@@ -230,6 +229,10 @@ class EvalProtocol(ABC):
             return ResolvedPolicy(RANDOM)
         if not Path(given).is_dir():
             raise EvalError(f"--policy {given!r}: not a checkpoint directory (or 'random')")
+        # Checkpoint code (and torch) loads here, in the driver: worker processes import this module for
+        # their environment factory and never need it.
+        from vla.policies.pretrained import load_data_spec
+
         spec = PlannerSpec(given, device=config.device, seed=config.seed, dynamic_horizon=config.dynamic_horizon)
         planner = spec.build()
         assert isinstance(planner, PolicyPlanner)

@@ -15,6 +15,7 @@ server) uses to run a policy.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,15 +23,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from vla.errors import PolicyError, VlaError
 from vla.keys import STATE_KEY, TASK_KEY
-from vla.policies.config import PolicyConfig
-from vla.policies.embodiment import EmbodimentLayout
-from vla.policies.pretrained import load_pretrained
 
+# torch and the checkpoint code load on first use: an evaluation worker that only steps a simulator imports
+# this module (histories, plans) and should not pay for torch.
 if TYPE_CHECKING:
+    import torch
+
+    from vla.policies.config import PolicyConfig
+    from vla.policies.embodiment import EmbodimentLayout
     from vla.policies.policy import Policy
 
 
@@ -69,7 +72,10 @@ class ObservationHistory:
 
 
 def _stack(frames: list[Any], axis: int) -> Any:
-    return torch.stack(frames, axis) if isinstance(frames[0], torch.Tensor) else np.stack(frames, axis)
+    torch = sys.modules.get("torch")  # tensors exist only if torch was imported
+    if torch is not None and isinstance(frames[0], torch.Tensor):
+        return torch.stack(frames, axis)
+    return np.stack(frames, axis)
 
 
 def observation_batch(
@@ -85,6 +91,8 @@ def observation_batch(
     this is the one HWC -> CHW boundary of every closed-loop caller (evaluation, deployment, server).
     `layout`: the robot's place in a multi-embodiment policy (its native state goes into its slots).
     """
+    import torch
+
     cams = set(config.camera_keys)
     out: dict[str, Any] = {"task": [str(t) for t in tasks]}
     for key in config.observation_keys:
@@ -149,6 +157,8 @@ class PolicyPlanner:
     @classmethod
     def load(cls, checkpoint: str | Path, device: str = "cpu", **options: Any) -> PolicyPlanner:
         """A planner for the checkpoint in `checkpoint`, its weights on `device`."""
+        from vla.policies.pretrained import load_pretrained
+
         return cls(load_pretrained(checkpoint, map_location=device), **options)
 
     def _set_dynamic_horizon(self, ratio: float) -> None:
@@ -162,6 +172,8 @@ class PolicyPlanner:
     def bind_embodiment(self, embodiment: str | None) -> None:
         """Run a multi-embodiment policy as `embodiment`: native observations in, native actions out
         (a no-op for single-embodiment policies)."""
+        from vla.policies.embodiment import EmbodimentLayout
+
         self.layout = EmbodimentLayout.of(self.policy, embodiment)
 
     @property
@@ -181,17 +193,18 @@ class PolicyPlanner:
         return policy_decides_horizon(self.policy)
 
     # --- planning ---------------------------------------------------------------------------------------
-    @torch.no_grad()
     def plan(self, batch: Mapping[str, Any]) -> Plan:
         """`batch`: each observation key -> (B, n_obs, ...) numpy in the store's layout, `task` list[str]."""
-        device = next(self.policy.parameters(), torch.empty(0)).device
-        inputs = observation_batch(self.policy.config, batch, batch[TASK_KEY], device, self.layout)
-        if self.decides_horizon:
-            chunk, n_exec = self.policy.predict_plan(inputs)
-            n = np.asarray(torch.as_tensor(n_exec).cpu(), np.int64).reshape(-1)
-        else:
-            chunk = self.policy.predict_chunk(inputs)
-            n = np.full(chunk.shape[0], self.replan_steps)
+        import torch
+
+        inputs = observation_batch(self.policy.config, batch, batch[TASK_KEY], self.policy.device, self.layout)
+        with torch.no_grad():
+            if self.decides_horizon:
+                chunk, n_exec = self.policy.predict_plan(inputs)
+                n = np.asarray(torch.as_tensor(n_exec).cpu(), np.int64).reshape(-1)
+            else:
+                chunk = self.policy.predict_chunk(inputs)
+                n = np.full(chunk.shape[0], self.replan_steps)
         if self.layout is not None:
             chunk = self.layout.to_native(chunk)
         actions = chunk.detach().float().cpu().numpy().astype(np.float64)
