@@ -90,6 +90,7 @@ def evaluate_success(
     seed: int = 0,
     max_steps: int | None = None,
     dynamic: float | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """LIBERO closed-loop evaluation (finished episodes in `out` are reused) and per-call counts."""
     from vla.eval.episodes import parse_ids
@@ -107,6 +108,7 @@ def evaluate_success(
             seed=seed,
             max_steps=max_steps,
             dynamic_horizon=dynamic,
+            workers=workers,
         ),
         progress=False,
     )

@@ -182,3 +182,15 @@ def test_cli_switches_exist():
     eval_help = runner.invoke(app, ["eval", "libero", "--help"], terminal_width=200).output
     assert "--moh" in train_help and "--horizons" in train_help
     assert "--dynamic-horizon" in eval_help
+
+
+def test_moh_cpu_preset_is_the_cpu_model_with_three_horizons():
+    """`moh_cpu` is the cpu preset plus a mixture of horizons 5/10/15: nothing else of the model changes, so a
+    comparison against the cpu preset isolates the mixture."""
+    moh = MoDEConfig.from_preset("moh_cpu", state_dim=8, action_dim=7, camera_keys=())
+    cpu = MoDEConfig.from_preset("cpu", state_dim=8, action_dim=7, camera_keys=())
+    assert moh.horizons == (5, 10, 15) and moh.chunk_size == 15 and moh.action_attention == "full"
+    assert moh == cpu.replace(**MoDEConfig.moh_overrides((5, 10, 15)))
+    policy = MoDEPolicy(moh, stats_for(moh))
+    loss, _ = policy(make_batch(moh, 2))
+    assert torch.isfinite(loss)
