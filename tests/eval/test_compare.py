@@ -258,3 +258,28 @@ def test_real_calvin_runs_compare_on_chains(tmp_path):
     assert c.discordant[0] - c.discordant[1] == round(5 * (c.rate_a - c.rate_b))
     whole = compare_runs(tmp_path / "scripted", tmp_path / "random", n_boot=1000)
     assert whole.rate_a == pytest.approx(1 / 5), "by default only a whole chain is a success"
+
+
+@pytest.mark.slow
+def test_real_libero_run_loads_pairs_and_aggregates(tmp_path):
+    """A short real LIBERO evaluation (random policy, 5 steps): its folder pairs with a copy of itself on
+    (task, initial state, no perturbation), and refuses a run with another step budget by name."""
+    import shutil
+
+    from tests.eval.helpers import eval_config
+    from vla.eval.protocols.libero import evaluate_libero
+
+    out = tmp_path / "random"
+    evaluate_libero(eval_config(out, init_states=[0, 1], max_steps=5), progress=False)
+    run = load_eval(out)
+    assert run.complete and set(run.outcomes) == {("libero_object/1", 0, None), ("libero_object/1", 1, None)}
+    shutil.copytree(out, tmp_path / "copy")
+    c = compare_runs(out, tmp_path / "copy", n_boot=200)
+    assert c.n_pairs == 2 and c.difference == 0 and c.p_mcnemar == 1.0
+    assert aggregate_seeds([out, tmp_path / "copy"]).overall.rates == [run.rate, run.rate]
+    settings = json.loads((out / "run.json").read_text())
+    other = tmp_path / "longer"
+    shutil.copytree(out, other)
+    (other / "run.json").write_text(json.dumps({**settings, "max_steps": 6, "max_steps_source": "--max-steps"}))
+    with pytest.raises(ComparisonError, match=r"max_steps \(random: 5, longer: 6\)"):
+        compare_runs(out, other)
