@@ -140,7 +140,7 @@ def test_seeds_are_paired_in_order_and_averaged_per_seed(tmp_path):
     assert c.label_a == "a (3 seeds)" and c.label_b == "b (3 seeds)"
     # the cluster bootstrap spans at least the spread between seeds' differences
     assert c.ci95[0] <= 0.05 and c.ci95[1] >= 0.25
-    with pytest.raises(ComparisonError, match="A has 3 runs and B has 2"):
+    with pytest.raises(ComparisonError, match=r"a \(3 seeds\) has 3 runs and b \(2 seeds\) has 2"):
         compare_runs(a, b[:2])
 
 

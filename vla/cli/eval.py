@@ -165,6 +165,7 @@ def compare(
             help="Evaluation folders: the baseline first, then each run to compare with it. "
             "Several training seeds of one run: comma-separated folders, e.g. a_s0,a_s1,a_s2 (same count per run).",
             show_default=False,
+            metavar="EVAL_DIR[,EVAL_DIR...]",
         ),
     ],
     out: Annotated[Path | None, typer.Option(help="Write compare.md, compare.json and compare.png here.")] = None,
@@ -190,12 +191,12 @@ def compare(
 ) -> None:
     """Paired comparison of evaluations: each run against the baseline (the first), on the same episodes.
 
-    Episodes are paired on (task, initial state, perturbation); CALVIN on the chain. Prints RUN − BASELINE
-    in percentage points with a bootstrap 95% interval (seeds, then episodes, resampled), the exact McNemar
-    p-value, per-task rows, and with --out a Markdown report, JSON and a plot.
+    Episodes are paired on (task, initial state, perturbation); CALVIN on the chain.
 
-    Refuses runs evaluated under different protocol settings (naming each), or whose episodes differ.
-    """
+    Prints RUN − BASELINE in percentage points with a bootstrap 95% interval (seeds, then episodes, resampled), the exact McNemar p-value (discordant pairs), per-task rows; with --out a Markdown report, JSON and a plot.
+
+    Refuses runs evaluated under different protocol settings (naming each), or whose episodes differ. See docs/statistics.md.
+    """  # noqa: E501 (typer shows each paragraph as written)
     from rich.console import Console
 
     from vla.errors import ComparisonError
@@ -227,7 +228,10 @@ def compare(
 @app.command()
 def aggregate(
     runs: Annotated[
-        list[Path], typer.Argument(help="Evaluation folders of one method, one per training seed.", show_default=False)
+        list[Path],
+        typer.Argument(
+            help="Evaluation folders of one method, one per training seed.", show_default=False, metavar="EVAL_DIR"
+        ),
     ],
     out: Annotated[Path | None, typer.Option(help="Write aggregate.md and aggregate.json here.")] = None,
     ignore_setting: Annotated[
@@ -238,8 +242,10 @@ def aggregate(
         typer.Option(help="CALVIN: a chain succeeds with at least N subtasks in a row (default: all 5)."),
     ] = None,
 ) -> None:
-    """Success over training seeds: per-seed rates, their mean with a Student-t 95% interval across seeds,
-    and the pooled rate with its Wilson interval, overall and per task (same protocol for every run)."""
+    """Success over training seeds: per-seed rates, their mean with a Student-t 95% interval across seeds, and the pooled rate with its Wilson interval, overall and per task.
+
+    Every folder must have been evaluated under the same protocol settings. See docs/statistics.md.
+    """  # noqa: E501 (typer shows each paragraph as written)
     from rich.console import Console
 
     from vla.eval.compare import aggregate_seeds

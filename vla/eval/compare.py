@@ -294,6 +294,7 @@ class Comparison:
     position: int | None = None
     label_a: str = "A"
     label_b: str = "B"
+    settings: dict[str, Any] = field(default_factory=dict)  # the protocol both sides ran (A's first run's)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -321,16 +322,16 @@ def compare_runs(
     paths_a, paths_b = _paths(a), _paths(b)
     if not paths_a or not paths_b:
         raise ComparisonError("each side of a comparison needs at least one evaluation folder")
+    label_a, label_b = labels or (side_label(paths_a), side_label(paths_b))
     if len(paths_a) != len(paths_b):
         raise ComparisonError(
-            f"A has {len(paths_a)} runs and B has {len(paths_b)}: give one run per training seed on each side, "
-            "in the same seed order (seed i of A is paired with seed i of B)"
+            f"{label_a} has {len(paths_a)} runs and {label_b} has {len(paths_b)}: give one run per training seed "
+            "on each side, in the same seed order (seed i of one side is paired with seed i of the other)"
         )
     if n_boot < 1:
         raise ComparisonError(f"n_boot must be >= 1, got {n_boot}")
     runs_a = [load_eval(p, position=position) for p in paths_a]
     runs_b = [load_eval(p, position=position) for p in paths_b]
-    label_a, label_b = labels or (side_label(paths_a), side_label(paths_b))
     ignore = set(ignore_settings)
     # Every run under one protocol, except the seeds a run may take from its training seed...
     all_runs = runs_a + runs_b
@@ -400,6 +401,7 @@ def compare_runs(
         position=position,
         label_a=label_a,
         label_b=label_b,
+        settings={k: v for k, v in runs_a[0].settings.items() if k not in POLICY_SETTINGS},
     )
 
 

@@ -16,6 +16,9 @@ from vla.eval.statistics import format_rate
 
 COMPARE_MD, COMPARE_JSON, COMPARE_PLOT = "compare.md", "compare.json", "compare.png"
 AGGREGATE_MD, AGGREGATE_JSON = "aggregate.md", "aggregate.json"
+# The settings compare.md names (compare.json has them all).
+KEY_SETTINGS = ("benchmark", "preset", "suite", "tasks", "init_states", "chain_ids", "chains", "max_steps",
+                "max_steps_per_subtask", "replan_steps", "perturbation")  # fmt: skip
 
 MEANING = (
     "Difference: success of the first run minus the second, in percentage points, over episodes paired on "
@@ -89,6 +92,9 @@ def comparison_markdown(comparisons: Sequence[Comparison], plot: str | None = CO
             lines.append(f"- success: at least {c.position} subtasks in a row")
         for name, values in c.ignored_settings.items():
             lines.append(f"- setting `{name}` differs (ignored on request): {', '.join(map(str, values))}")
+        protocol = ", ".join(f"`{k}`: {json.dumps(v)}" for k, v in c.settings.items() if k in KEY_SETTINGS)
+        if protocol:
+            lines.append(f"- protocol: {protocol} (all settings in compare.json)")
         lines += ["", "| task | pairs | rate A | rate B | A − B, points [95% CI] | A only / B only | McNemar p |",
                   "|---|---|---|---|---|---|---|"]  # fmt: skip
         for t in c.tasks:
