@@ -140,6 +140,11 @@ def test_seeds_are_paired_in_order_and_averaged_per_seed(tmp_path):
     assert c.label_a == "a (3 seeds)" and c.label_b == "b (3 seeds)"
     # the cluster bootstrap spans at least the spread between seeds' differences
     assert c.ci95[0] <= 0.05 and c.ci95[1] >= 0.25
+    d = [0.3, 0.2, 0.0]
+    lo, hi = student_t.interval(0.95, 2, loc=np.mean(d), scale=np.std(d, ddof=1) / np.sqrt(3))
+    assert c.seed_t_ci95 == pytest.approx((lo, hi))
+    assert format_difference(c, interval="t") == f"{100 * np.mean(d):.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+    assert compare_runs(a[0], b[0], n_boot=10).seed_t_ci95 is None, "one seed: no interval across seeds"
     with pytest.raises(ComparisonError, match=r"a \(3 seeds\) has 3 runs and b \(2 seeds\) has 2"):
         compare_runs(a, b[:2])
 

@@ -266,6 +266,7 @@ class TaskDifference:
     rate_b: float
     discordant: tuple[int, int]
     p_mcnemar: float
+    seed_t_ci95: tuple[float, float] | None = None  # Student-t across seed pairs (None: one seed)
 
 
 @dataclass
@@ -287,6 +288,9 @@ class Comparison:
     rate_b_ci95: tuple[float, float]
     tasks: list[TaskDifference]
     seed_differences: list[float]  # per seed pair
+    # Student-t 95% interval of the mean over seed pairs of their differences (None for one seed): wider than
+    # the bootstrap with few seeds, and the one that keeps its 95% when training seeds vary (see docs).
+    seed_t_ci95: tuple[float, float] | None
     n_boot: int
     seed: int
     unpaired: tuple[int, int] = (0, 0)  # episodes of A / B left out because the other side lacks them (intersect)
@@ -375,7 +379,7 @@ def compare_runs(
                 per_seed.append((x[mask], y[mask]))
         s = _paired_stats(per_seed, n_boot, np.random.default_rng([seed, t]))
         tasks.append(TaskDifference(name, s["difference"], s["ci95"], s["n"], s["rate_a"], s["rate_b"],
-                                    s["discordant"], s["p_mcnemar"]))  # fmt: skip
+                                    s["discordant"], s["p_mcnemar"], s["seed_t_ci95"]))  # fmt: skip
     n_a = sum(int(x.sum()) for _, x, _ in pairs)
     n_b = sum(int(y.sum()) for _, _, y in pairs)
     return Comparison(
@@ -394,6 +398,7 @@ def compare_runs(
         rate_b_ci95=wilson_interval(n_b, overall["n"]),
         tasks=tasks,
         seed_differences=overall["seed_differences"],
+        seed_t_ci95=overall["seed_t_ci95"],
         n_boot=n_boot,
         seed=seed,
         unpaired=(unpaired_a, unpaired_b),
@@ -424,6 +429,7 @@ def _paired_stats(seeds: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int, r
         "rate_a": sum(int(x.sum()) for x, _ in seeds) / n,
         "rate_b": sum(int(y.sum()) for _, y in seeds) / n,
         "seed_differences": seed_differences,
+        "seed_t_ci95": t_interval(seed_differences, low=-1.0),
     }
 
 
@@ -449,9 +455,14 @@ def cluster_bootstrap(
     return float(lo), float(hi)
 
 
-def format_difference(c: Comparison | TaskDifference, digits: int = 1) -> str:
-    """'D [LO, HI]' in percentage points (A minus B), e.g. '13.3 [-3.3, 30.0]'."""
-    lo, hi = c.ci95
+def format_difference(c: Comparison | TaskDifference, digits: int = 1, interval: str = "bootstrap") -> str:
+    """'D [LO, HI]' in percentage points (A minus B), e.g. '13.3 [-3.3, 30.0]'; `interval`: "bootstrap" (`ci95`)
+    or "t" (`seed_t_ci95`, across seed pairs; just 'D' with one seed)."""
+    if interval not in ("bootstrap", "t"):
+        raise ValueError(f"interval must be 'bootstrap' or 't', got {interval!r}")
+    if interval == "t" and c.seed_t_ci95 is None:
+        return f"{100 * c.difference:.{digits}f}"
+    lo, hi = c.ci95 if interval == "bootstrap" else c.seed_t_ci95
     return f"{100 * c.difference:.{digits}f} [{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
 
 
@@ -543,18 +554,23 @@ def aggregate_seeds(
     return SeedSummary([str(p) for p in paths], runs[0].benchmark, overall, tasks, note, position, ignored)
 
 
+def t_interval(values: Sequence[float], low: float = 0.0, high: float = 1.0) -> tuple[float, float] | None:
+    """Student-t 95% interval of the mean of `values` (one per seed), clipped to [low, high]; None for one value."""
+    from scipy.stats import t as student_t
+
+    if len(values) < 2:
+        return None
+    mean = float(np.mean(values))
+    sem = np.std(values, ddof=1) / np.sqrt(len(values))
+    half = float(student_t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1) * sem)
+    return max(low, mean - half), min(high, mean + half)
+
+
 def seed_stats(task: str, outcomes: Sequence[Sequence[bool]]) -> SeedStats:
     """Per-seed rates -> mean, t-interval across seeds (None for one seed), pooled Wilson. A seed without
     outcomes (empty) is left out of the mean."""
-    from scipy.stats import t as student_t
-
     rates = [sum(o) / len(o) if len(o) else None for o in outcomes]
     present = [r for r in rates if r is not None]
-    mean = float(np.mean(present))
-    ci: tuple[float, float] | None = None
-    if len(present) > 1:
-        sem = np.std(present, ddof=1) / np.sqrt(len(present))
-        half = float(student_t.ppf(0.5 + CONFIDENCE / 2, len(present) - 1) * sem)
-        ci = (max(0.0, mean - half), min(1.0, mean + half))
     wins, trials = sum(sum(o) for o in outcomes), [len(o) for o in outcomes]
-    return SeedStats(task, rates, trials, mean, ci, wins / sum(trials), wilson_interval(wins, sum(trials)))
+    return SeedStats(task, rates, trials, float(np.mean(present)), t_interval(present), wins / sum(trials),
+                     wilson_interval(wins, sum(trials)))  # fmt: skip

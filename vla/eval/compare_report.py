@@ -26,10 +26,19 @@ MEANING = (
     "episodes within a seed, resampled with replacement). p: exact McNemar test on the pairs where exactly "
     "one run succeeded."
 )
+MEANING_T = (
+    "With several seeds, 't across seeds' is the Student-t 95% interval of the per-seed differences: wider than "
+    "the bootstrap with few seeds, and the one that keeps its 95% coverage when training seeds differ."
+)
 
 
 def _p(p: float) -> str:
     return f"{p:.3g}" if p >= 0.001 else f"{p:.1e}"
+
+
+def _seeds(comparisons: Sequence[Comparison]) -> bool:
+    """Whether any comparison has several seeds (then the t-interval across seeds is shown too)."""
+    return any(c.n_seeds > 1 for c in comparisons)
 
 
 def _title(c: Comparison) -> str:
@@ -49,6 +58,7 @@ def comparison_table(comparisons: Sequence[Comparison]) -> Table:
         ("A", lambda c: format_rate(c.rate_a, c.rate_a_ci95)),
         ("B", lambda c: format_rate(c.rate_b, c.rate_b_ci95)),
         ("A − B", format_difference),
+        *([("A − B, t over seeds", lambda c: format_difference(c, interval="t"))] if _seeds(comparisons) else []),
         ("A only / B only", lambda c: f"{c.discordant[0]} / {c.discordant[1]}"),
         ("McNemar p", lambda c: _p(c.p_mcnemar)),
     ]
@@ -70,12 +80,17 @@ def task_table(c: Comparison) -> Table:
 
 def comparison_markdown(comparisons: Sequence[Comparison], plot: str | None = COMPARE_PLOT) -> str:
     lines = ["# Paired comparison", "", MEANING, ""]
-    lines += ["| comparison | pairs | seeds | rate A [95% CI] | rate B [95% CI] | A − B, points [95% CI] | "
-              "A only / B only | McNemar p |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    seeds = _seeds(comparisons)
+    if seeds:
+        lines += [MEANING_T, ""]
+    t_head, t_rule = (" A − B, t across seeds |", "---|") if seeds else ("", "")
+    lines += ["| comparison | pairs | seeds | rate A [95% CI] | rate B [95% CI] | A − B, points [95% CI] |"
+              f"{t_head} A only / B only | McNemar p |", "|---|---|---|---|---|---|" + t_rule + "---|---|"]  # fmt: skip
     for c in comparisons:
+        t_cell = f" {format_difference(c, interval='t')} |" if seeds else ""
         lines.append(
             f"| {_title(c)} | {c.n_pairs} | {c.n_seeds} | {format_rate(c.rate_a, c.rate_a_ci95)} | "
-            f"{format_rate(c.rate_b, c.rate_b_ci95)} | **{format_difference(c)}** | "
+            f"{format_rate(c.rate_b, c.rate_b_ci95)} | **{format_difference(c)}** |{t_cell} "
             f"{c.discordant[0]} / {c.discordant[1]} | {_p(c.p_mcnemar)} |"
         )
     if plot:
@@ -95,11 +110,13 @@ def comparison_markdown(comparisons: Sequence[Comparison], plot: str | None = CO
         protocol = ", ".join(f"`{k}`: {json.dumps(v)}" for k, v in c.settings.items() if k in KEY_SETTINGS)
         if protocol:
             lines.append(f"- protocol: {protocol} (all settings in compare.json)")
-        lines += ["", "| task | pairs | rate A | rate B | A − B, points [95% CI] | A only / B only | McNemar p |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        t_head, t_rule = (" t across seeds |", "---|") if c.n_seeds > 1 else ("", "")
+        lines += ["", f"| task | pairs | rate A | rate B | A − B, points [95% CI] |{t_head} A only / B only | "
+                  "McNemar p |", "|---|---|---|---|---|" + t_rule + "---|---|"]  # fmt: skip
         for t in c.tasks:
+            t_cell = f" {format_difference(t, interval='t')} |" if c.n_seeds > 1 else ""
             lines.append(
-                f"| {t.task} | {t.n} | {t.rate_a:.1%} | {t.rate_b:.1%} | {format_difference(t)} | "
+                f"| {t.task} | {t.n} | {t.rate_a:.1%} | {t.rate_b:.1%} | {format_difference(t)} |{t_cell} "
                 f"{t.discordant[0]} / {t.discordant[1]} | {_p(t.p_mcnemar)} |"
             )
     return "\n".join(lines) + "\n"
