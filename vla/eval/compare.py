@@ -368,7 +368,7 @@ def compare_runs(
         unpaired_a, unpaired_b = unpaired_a + len(only_a), unpaired_b + len(only_b)
         pairs.append((keys, np.array([ra.outcomes[k] for k in keys]), np.array([rb.outcomes[k] for k in keys])))
 
-    overall = _paired_stats([(x, y) for _, x, y in pairs], n_boot, np.random.default_rng([seed, 0]))
+    overall = paired_statistics([(x, y) for _, x, y in pairs], n_boot, np.random.default_rng([seed, 0]))
     tasks = []
     task_names = list(dict.fromkeys(k[0] for keys, _, _ in pairs for k in keys))
     for t, name in enumerate(task_names, 1):
@@ -377,7 +377,7 @@ def compare_runs(
             mask = np.array([k[0] == name for k in keys])
             if mask.any():
                 per_seed.append((x[mask], y[mask]))
-        s = _paired_stats(per_seed, n_boot, np.random.default_rng([seed, t]))
+        s = paired_statistics(per_seed, n_boot, np.random.default_rng([seed, t]))
         tasks.append(TaskDifference(name, s["difference"], s["ci95"], s["n"], s["rate_a"], s["rate_b"],
                                     s["discordant"], s["p_mcnemar"], s["seed_t_ci95"]))  # fmt: skip
     n_a = sum(int(x.sum()) for _, x, _ in pairs)
@@ -410,7 +410,7 @@ def compare_runs(
     )
 
 
-def _paired_stats(seeds: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int, rng: np.random.Generator) -> dict:
+def paired_statistics(seeds: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int, rng: np.random.Generator) -> dict:
     """Difference, bootstrap interval, McNemar test and rates of paired outcomes, one (A, B) pair per seed."""
     from scipy.stats import binomtest
 
