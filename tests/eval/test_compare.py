@@ -66,6 +66,13 @@ def test_discordant_pairs_give_the_exact_mcnemar_p_value(tmp_path):
     assert format_difference(c) == f"{d:.1f} [{lo:.1f}, {hi:.1f}]"
 
 
+def test_runs_with_the_same_folder_name_are_labelled_by_their_parents(tmp_path):
+    a = write_libero_run(tmp_path / "mode" / "eval", outcomes("10"))
+    b = write_libero_run(tmp_path / "dense" / "eval", outcomes("10"))
+    c = compare_runs(a, b)
+    assert (c.label_a, c.label_b) == ("mode/eval", "dense/eval")
+
+
 def test_pairing_is_by_task_and_initial_state_not_by_log_order(tmp_path):
     pattern = outcomes("1100110011")
     a = write_libero_run(tmp_path / "a", pattern)

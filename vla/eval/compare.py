@@ -327,6 +327,8 @@ def compare_runs(
     if not paths_a or not paths_b:
         raise ComparisonError("each side of a comparison needs at least one evaluation folder")
     label_a, label_b = labels or (side_label(paths_a), side_label(paths_b))
+    if label_a == label_b and not labels:  # e.g. runs/mode/eval vs runs/dense/eval: name the parents too
+        label_a, label_b = side_label(paths_a, parents=1), side_label(paths_b, parents=1)
     if len(paths_a) != len(paths_b):
         raise ComparisonError(
             f"{label_a} has {len(paths_a)} runs and {label_b} has {len(paths_b)}: give one run per training seed "
@@ -472,9 +474,10 @@ def _paths(side: Sequence[str | Path] | str | Path) -> list[Path]:
     return [Path(p) for p in side]
 
 
-def side_label(paths: Sequence[Path]) -> str:
-    """A short name for one side: the folder name, or the seeds' common name prefix and their count."""
-    names = [Path(p).name or str(p) for p in paths]
+def side_label(paths: Sequence[Path], parents: int = 0) -> str:
+    """A short name for one side: the folder name (with `parents` levels above it), or the seeds' common
+    name prefix and their count."""
+    names = ["/".join(Path(p).resolve().parts[-1 - parents :]) for p in paths]
     if len(names) == 1:
         return names[0]
     prefix = os.path.commonprefix(names)  # noqa: RUF071 (a name prefix: "mode_s" of mode_s0, mode_s1, ...)
