@@ -22,3 +22,7 @@ class DataError(VlaError):
 
 class PolicyError(VlaError):
     """A policy config, checkpoint or input that cannot work: says what and how to fix it."""
+
+
+class ComparisonError(VlaError):
+    """Evaluations that cannot be compared or aggregated: other protocol settings, other episodes, missing files."""

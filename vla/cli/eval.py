@@ -1,4 +1,4 @@
-"""`vla eval`: closed-loop evaluation in simulators (LIBERO, CALVIN)."""
+"""`vla eval`: closed-loop evaluation in simulators (LIBERO, CALVIN); paired comparison and seed aggregation."""
 
 from __future__ import annotations
 
@@ -150,3 +150,109 @@ def calvin(
     summary = protocol(config).run(progress)
     protocol.print_summary(summary)
     typer.echo(f"average length {summary['avg_len']:.2f} over {summary['chains']} chains; {out}/summary.json")
+
+
+def _side(text: str) -> list[Path]:
+    """'DIR' or 'DIR1,DIR2,DIR3' (one evaluation folder per training seed)."""
+    return [Path(p) for p in text.split(",") if p]
+
+
+@app.command()
+def compare(
+    runs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Evaluation folders: the baseline first, then each run to compare with it. "
+            "Several training seeds of one run: comma-separated folders, e.g. a_s0,a_s1,a_s2 (same count per run).",
+            show_default=False,
+            metavar="EVAL_DIR[,EVAL_DIR...]",
+        ),
+    ],
+    out: Annotated[Path | None, typer.Option(help="Write compare.md, compare.json and compare.png here.")] = None,
+    name: Annotated[
+        list[str] | None, typer.Option(help="A name per run, in order (default: the folder names).")
+    ] = None,
+    intersect: Annotated[
+        bool, typer.Option(help="Compare only the episodes both runs have (else runs must have run the same ones).")
+    ] = False,
+    ignore_setting: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A protocol setting allowed to differ because it is part of what you compare, "
+            "e.g. dynamic_horizon (repeatable)."
+        ),
+    ] = None,
+    position: Annotated[
+        int | None,
+        typer.Option(help="CALVIN: a chain succeeds with at least N subtasks in a row (default: all 5)."),
+    ] = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 10000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap (results are reproducible).")] = 0,
+) -> None:
+    """Paired comparison of evaluations: each run against the baseline (the first), on the same episodes.
+
+    Episodes are paired on (task, initial state, perturbation); CALVIN on the chain.
+
+    Prints RUN − BASELINE in percentage points with a bootstrap 95% interval (seeds, then episodes, resampled), the exact McNemar p-value (discordant pairs), per-task rows; with --out a Markdown report, JSON and a plot.
+
+    Refuses runs evaluated under different protocol settings (naming each), or whose episodes differ. See docs/statistics.md.
+    """  # noqa: E501 (typer shows each paragraph as written)
+    from rich.console import Console
+
+    from vla.errors import ComparisonError
+    from vla.eval.compare import compare_runs, side_label
+    from vla.eval.compare_report import comparison_table, task_table, write_comparison
+
+    sides = [_side(r) for r in runs]
+    if len(sides) < 2:
+        raise ComparisonError("compare needs at least two runs: the baseline, then one or more to compare with it")
+    names = list(name or [])
+    if names and len(names) != len(sides):
+        raise ComparisonError(f"--name given {len(names)} times for {len(sides)} runs; name every run or none")
+    labels = names or [side_label(s) for s in sides]
+    comparisons = [
+        compare_runs(sides[i], sides[0], n_boot=n_boot, seed=seed, intersect=intersect,
+                     ignore_settings=ignore_setting or (), position=position, labels=(labels[i], labels[0]))
+        for i in range(1, len(sides))
+    ]  # fmt: skip
+    console = Console()
+    console.print(comparison_table(comparisons))
+    for c in comparisons:
+        if len(c.tasks) > 1:
+            console.print(task_table(c))
+    if out is not None:
+        files = write_comparison(out, comparisons)
+        typer.echo(f"wrote {files['md']}, {files['json'].name}, {files['plot'].name}")
+
+
+@app.command()
+def aggregate(
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Evaluation folders of one method, one per training seed.", show_default=False, metavar="EVAL_DIR"
+        ),
+    ],
+    out: Annotated[Path | None, typer.Option(help="Write aggregate.md and aggregate.json here.")] = None,
+    ignore_setting: Annotated[
+        list[str] | None, typer.Option(help="A protocol setting allowed to differ between the runs (repeatable).")
+    ] = None,
+    position: Annotated[
+        int | None,
+        typer.Option(help="CALVIN: a chain succeeds with at least N subtasks in a row (default: all 5)."),
+    ] = None,
+) -> None:
+    """Success over training seeds: per-seed rates, their mean with a Student-t 95% interval across seeds, and the pooled rate with its Wilson interval, overall and per task.
+
+    Every folder must have been evaluated under the same protocol settings. See docs/statistics.md.
+    """  # noqa: E501 (typer shows each paragraph as written)
+    from rich.console import Console
+
+    from vla.eval.compare import aggregate_seeds
+    from vla.eval.compare_report import aggregate_table, write_aggregate
+
+    summary = aggregate_seeds(runs, position=position, ignore_settings=ignore_setting or ())
+    Console().print(aggregate_table(summary))
+    if out is not None:
+        files = write_aggregate(out, summary)
+        typer.echo(f"wrote {files['md']}, {files['json'].name}")
