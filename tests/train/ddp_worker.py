@@ -18,11 +18,11 @@ WRITE_EVENTS = {"os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.symlink", 
 
 
 def _guard_run_folder(out: Path, rank: int) -> None:
-    root = str(out.resolve())
+    root = out.resolve()
 
     def inside(path: object) -> bool:
         try:
-            return str(Path(os.fsdecode(path)).resolve()).startswith(root)  # type: ignore[arg-type]
+            return Path(os.fsdecode(path)).resolve().is_relative_to(root)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return False
 

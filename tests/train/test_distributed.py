@@ -21,12 +21,12 @@ from vla.train.metrics import read_metrics
 REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "tests" / "train" / "ddp_worker.py"
 STEPS, SAVE_EVERY, KILL_AT = 10, 5, 8  # killed as step 8 starts: steps 6-7 are redone after --resume
-# policy, config overrides (small models; MoH with a small horizon set)
+# policy, config overrides (small models), CLI flags of the 2-process runs on top of --set overrides
 MODE = {"width": 32, "n_heads": 2, "n_layers": 2, "num_sampling_steps": 2}
 CASES = {
-    "mode": ("mode", MODE),
-    "himoe": ("himoe", {"width": 32, "n_heads": 2, "num_steps": 2}),
-    "mode_moh": ("mode", {**MODE, **moh_settings("mode", "2,4")}),
+    "mode": ("mode", MODE, ()),
+    "himoe": ("himoe", {"width": 32, "n_heads": 2, "num_steps": 2}, ()),
+    "mode_moh": ("mode", MODE, ("--horizons", "5,10")),  # the mixture of horizons, as a user turns it on
 }
 
 
@@ -40,19 +40,15 @@ def _env() -> dict[str, str]:
 
 
 def _settings(overrides: dict) -> list[str]:
-    out = []
-    for k, v in overrides.items():
-        value = ",".join(map(str, v)) if isinstance(v, tuple) else v
-        out += ["--set", f"{k}=[{value}]" if isinstance(v, tuple) else f"{k}={value}"]
-    return out
+    return [x for k, v in overrides.items() for x in ("--set", f"{k}={v}")]
 
 
-def _torchrun(store, out: Path, policy: str, overrides: dict, *extra: str) -> subprocess.CompletedProcess:
+def _torchrun(store, out: Path, policy: str, options: list[str], *before: str) -> subprocess.CompletedProcess:
     args = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), *extra,
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), *before,
         "--policy", policy, "--data", str(store.path), "--out", str(out), "--steps", str(STEPS), "--batch-size", "4",
         "--warmup-steps", "2", "--lr", "1e-3", "--save-every", str(SAVE_EVERY), "--log-every", "1", "--cpu",
-        *_settings(overrides),
+        *options,
     ]  # fmt: skip
     return subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=900, cwd=REPO)
 
@@ -64,23 +60,24 @@ def _losses(out: Path) -> dict[int, float]:
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_two_processes_match_one_and_resume_after_sigkill(reach_store, tmp_path, case):
-    policy, overrides = CASES[case]
+    policy, overrides, flags = CASES[case]
+    in_process = {**overrides, **(moh_settings(policy, flags[1]) if flags else {})}
     # One process, the same global batch (2 x 4): two micro-batches of 4, seeded as the two processes' are.
     one = TrainConfig(
         data=(str(reach_store.path),), out=str(tmp_path / "one"), steps=STEPS, batch_size=4, grad_accum=2,
         warmup_steps=2, lr=1e-3, save_every=SAVE_EVERY, log_every=1, progress=False, cpu=True,
     )  # fmt: skip
-    train(policy, one, preset="cpu", overrides=overrides)
+    train(policy, one, preset="cpu", overrides=in_process)
     ref = _losses(tmp_path / "one")
 
     run = tmp_path / "two"
-    killed = _torchrun(reach_store, run, policy, overrides, "--kill-at", str(KILL_AT))
+    killed = _torchrun(reach_store, run, policy, [*_settings(overrides), *flags], "--kill-at", str(KILL_AT))
     assert killed.returncode != 0, "the run was not killed"
     assert "rank 1" not in killed.stderr, killed.stderr[-3000:]  # the write guard of ddp_worker.py
     assert sorted(_losses(run)) == list(range(1, KILL_AT)), killed.stderr[-3000:]
     assert (run / "checkpoints" / f"step_{SAVE_EVERY:06d}" / "train_state" / "rng_rank1.safetensors").is_file()
 
-    resumed = _torchrun(reach_store, run, policy, overrides, "--resume")
+    resumed = _torchrun(reach_store, run, policy, [*_settings(overrides), *flags, "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     got = _losses(run)
     assert sorted(got) == list(range(1, STEPS + 1))  # no step lost, none logged twice
@@ -101,15 +98,13 @@ def test_resume_refuses_another_number_of_processes(reach_store, tmp_path):
     import json
 
     tc = TrainConfig(data=(str(reach_store.path),), out=str(tmp_path / "run"), steps=2, batch_size=4, progress=False)
-    train("mode", tc, preset="cpu", overrides=CASES["mode"][1])
+    train("mode", tc, preset="cpu", overrides=MODE)
     saved = tmp_path / "run" / "train_config.json"
     saved.write_text(json.dumps({**json.loads(saved.read_text()), "num_processes": 2}))
     from vla.train.config import TrainError
 
     with pytest.raises(TrainError, match="number of processes"):
-        train(
-            "mode", TrainConfig(**{**tc.to_dict(), "steps": 3}), preset="cpu", overrides=CASES["mode"][1], resume=True
-        )
+        train("mode", TrainConfig(**{**tc.to_dict(), "steps": 3}), preset="cpu", overrides=MODE, resume=True)
 
 
 class _Regression(torch.nn.Module):
