@@ -81,6 +81,13 @@ class _Layout:
     def global_batch(self) -> int:
         return self.per_process * self.processes
 
+    @property
+    def split(self) -> bool:
+        """Whether a step's batch is split over processes or micro-batches: only then is each micro-batch's
+        randomness reseeded (so the split does not change it); one process without accumulation keeps the
+        one running RNG stream, and with it the numbers of every run made before splitting existed."""
+        return self.processes > 1 or self.grad_accum > 1
+
     def micro_batch_index(self, a: int) -> int:
         """Index in the global batch of this process's a-th micro-batch (what seeds its randomness)."""
         return self.rank * self.grad_accum + a
@@ -308,7 +315,8 @@ def _train_step(s: _Session, micro_batches: Sequence[dict[str, Any]], step: int,
     its metrics as floats, averaged over micro-batches and processes."""
     infos = []
     for a, batch in enumerate(micro_batches):
-        torch.manual_seed(micro_batch_seed(tc.seed, step, s.layout.micro_batch_index(a)))
+        if s.layout.split:
+            torch.manual_seed(micro_batch_seed(tc.seed, step, s.layout.micro_batch_index(a)))
         last = a == len(micro_batches) - 1
         # DDP reduces gradients once per optimiser step: not after the micro-batches before the last
         with contextlib.nullcontext() if last else s.accelerator.no_sync(s.model):
