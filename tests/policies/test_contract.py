@@ -24,6 +24,7 @@ from vla.eval.episodes import EpisodeSpec
 from vla.eval.planners import PlannerSpec
 from vla.eval.worker import LocalWorker, SlotConfig
 from vla.keys import ACTION_KEY, STATE_KEY
+from vla.policies.modules.moe import keep_idle_experts
 from vla.policies.policy import Policy
 from vla.policies.registry import available_policies, get_policy
 from vla.policies.runtime import Plan, PolicyPlanner
@@ -232,3 +233,23 @@ def test_deploys_on_the_emulator_executing_each_plans_n_exec(
     else:
         assert chosen[1 : len(received) + 1] == received, "the loop runs the steps predict_plan chose"
         assert min(chosen) < chunk_size, "dynamic inference cut at least one plan short"
+
+
+def test_every_parameter_joins_the_graph_for_data_parallel_training(case: Case) -> None:
+    """DDP reduces every parameter on every process: with `keep_idle_experts` (what the trainer sets under
+    several processes) no parameter may be left without a gradient, even on a one-window batch where most
+    experts get no token, and the loss must be exactly the single-process one."""
+    policy = case.build().train()
+    batch = training_batch(policy.config, rows=1)
+    torch.manual_seed(1)
+    plain, _ = policy(batch)
+    keep_idle_experts(policy)
+    for seed in (1, 2, 3):
+        policy.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)
+        loss, _ = policy(batch)
+        if seed == 1:
+            assert torch.equal(loss, plain)
+        loss.backward()
+        missing = [n for n, p in policy.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing, missing[:5]

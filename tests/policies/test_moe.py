@@ -12,6 +12,9 @@ from vla.policies.modules.moe import (
     Routing,
     SwiGLU,
     TokenRouter,
+    drop_idle_expert_grads,
+    experts_used,
+    keep_idle_experts,
     load_balancing_loss,
     select_experts,
 )
@@ -180,3 +183,31 @@ def test_residual_int8_recovers_activation_precision():
 
     assert err("int8_residual") < 0.5 * err("int8_dynamic")
     assert err("int8_residual") < 1.5 * err("int8")
+
+
+def test_idle_experts_join_the_graph_with_bit_identical_output_and_lose_their_grads_when_idle_everywhere():
+    layer = _layer("noise", top_k=1)
+    x = torch.randn(1, 5, 16)  # one sequence, routed per sequence: one expert busy, three idle
+    r = layer.route(torch.randn(1, 16))
+    routing = Routing(r.indices, r.weights.detach(), r.probs.detach())  # two backward passes below
+    skipped = layer.dispatch(x, routing)
+    skipped.sum().backward()
+    busy = {e for e, ex in enumerate(layer.experts) if ex.w_in.weight.grad is not None}
+    assert busy == {int(routing.indices)}
+    layer.zero_grad(set_to_none=True)
+
+    layers = keep_idle_experts(layer)
+    assert layers == [layer]
+    kept = layer.dispatch(x, routing)
+    assert torch.equal(kept, skipped)
+    kept.sum().backward()
+    assert all(ex.w_in.weight.grad is not None for ex in layer.experts)
+    assert all(float(layer.experts[e].w_in.weight.grad.abs().sum()) == 0 for e in range(4) if e not in busy)
+    used = experts_used(layers)
+    assert used.tolist() == [float(e in busy) for e in range(4)]
+    assert drop_idle_expert_grads(layers, used) == 3  # as if idle on every process
+    assert {e for e, ex in enumerate(layer.experts) if ex.w_in.weight.grad is not None} == busy
+    assert layer.experts_used is None
+    with torch.no_grad():  # inference skips idle experts as before
+        layer.dispatch(x, routing)
+    assert layer.experts_used is None

@@ -52,7 +52,12 @@ def train(
     policy: Annotated[str, typer.Option(help=f"Registered policy: {' | '.join(POLICIES.names())}.")] = "mode",
     preset: Annotated[str, typer.Option(help="Config preset of the policy: cpu (small) or paper.")] = "cpu",
     steps: Annotated[int, typer.Option(help="Total optimizer steps (a resumed run continues up to this).")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Windows per step and process.")] = 32,
+    batch_size: Annotated[
+        int, typer.Option(help="Windows per forward pass and process (global batch: x --grad-accum x processes).")
+    ] = 32,
+    grad_accum: Annotated[
+        int, typer.Option(help="Micro-batches of --batch-size per optimizer step (gradient accumulation).")
+    ] = 1,
     weight: Annotated[
         list[float] | None, typer.Option("--weight", help="Sampling weight per --data, in order (default: sizes).")
     ] = None,
@@ -73,6 +78,13 @@ def train(
     save_every: Annotated[int, typer.Option(help="Steps between checkpoints (and at the end).")] = 500,
     mixed_precision: Annotated[str, typer.Option(help="no | fp16 | bf16 (GPU only).")] = "no",
     cpu: Annotated[bool, typer.Option(help="Train on the CPU even if a GPU is present.")] = False,
+    find_unused_parameters: Annotated[
+        bool,
+        typer.Option(
+            help="Several processes: let DDP search each step's graph for unused parameters (for policies "
+            "whose branches skip parameters; the built-in MoE layers do not need it)."
+        ),
+    ] = False,
     image_size: Annotated[int | None, typer.Option(help="Resize cameras to this square size in the loader.")] = None,
     language: Annotated[
         str,
@@ -96,7 +108,8 @@ def train(
     ] = None,
 ) -> None:
     """Train a policy on one or more stores (mixtures through the sampler); runs under
-    `accelerate launch` / torchrun unchanged for several GPUs.
+    `accelerate launch` / `torchrun --nproc_per_node N -m vla train ...` unchanged for several
+    processes (GPUs, or CPU with --cpu): each takes its share of the global batch (docs/training.md).
 
     The data fields of the config (cameras, state and action sizes) come from the stores unless
     set with --set. Checkpoints hold config.json + model.safetensors (EMA weights) and the state
@@ -112,6 +125,7 @@ def train(
         out=str(out),
         steps=steps,
         batch_size=batch_size,
+        grad_accum=grad_accum,
         weights=tuple(weight) if weight else None,
         num_workers=num_workers,
         seed=seed,
@@ -121,6 +135,7 @@ def train(
         ema_decay=ema_decay,
         mixed_precision=mixed_precision,
         cpu=cpu,
+        find_unused_parameters=find_unused_parameters,
         log_every=log_every,
         save_every=save_every,
         image_size=(image_size, image_size) if image_size else None,

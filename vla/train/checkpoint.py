@@ -9,6 +9,7 @@
             optimizer.safetensors + optimizer.json           AdamW moments / param groups
             ema.safetensors                                  the EMA shadow (same as ../model.safetensors)
             rng.safetensors + trainer.json                   RNG states, step, scheduler, train config
+            rng_rank1.safetensors, ...                       the other processes' RNG states (several processes)
     OUT/last -> checkpoints/step_000200
 
 Each checkpoint is written to `step_N.partial/` and renamed into place, so a directory named
@@ -61,7 +62,11 @@ def _join_optimizer(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+RngState = tuple[dict[str, torch.Tensor], dict[str, Any]]
+
+
+def rng_state() -> RngState:
+    """This process's torch (CPU, CUDA), numpy and Python RNG states: tensors and JSON metadata."""
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -101,11 +106,15 @@ def save_checkpoint(
     data_paths: tuple[str, ...],
     train_config: Mapping[str, Any],
     keep: int,
+    rank_rngs: list[RngState] | None = None,
+    model_state: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
+    """`rank_rngs`: every process's `rng_state()`, by rank (default: this process's only); `model_state`:
+    the raw weights when gathering them is a collective (FSDP; default: `policy.state_dict()`)."""
     final = step_dir(out, step)
     tmp = final.with_name(final.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    raw = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
+    raw = {k: v.detach().cpu().contiguous() for k, v in (model_state or policy.state_dict()).items()}
     policy.save_pretrained(tmp, state_dict=ema_state if ema_state is not None else raw)
     save_data_specs(tmp, specs, data_paths)
     state = tmp / STATE
@@ -116,13 +125,15 @@ def save_checkpoint(
     (state / "optimizer.json").write_text(json.dumps(opt_meta))
     if ema_state is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in ema_state.items()}, str(state / "ema.safetensors"))
-    rng_tensors, rng_meta = _rng_state()
-    save_file(rng_tensors, str(state / "rng.safetensors"))
+    rngs = rank_rngs if rank_rngs is not None else [rng_state()]
+    for rank, (rng_tensors, _) in enumerate(rngs):
+        save_file(rng_tensors, str(state / _rng_file(rank)))
     trainer = {
         "step": step,
         "ema_updates": ema_updates,
         "scheduler": scheduler.state_dict(),
-        "rng": rng_meta,
+        "rng": rngs[0][1],
+        "rng_ranks": [meta for _, meta in rngs[1:]],
         "train_config": dict(train_config),
     }
     (state / "trainer.json").write_text(json.dumps(trainer, indent=2))
@@ -143,22 +154,29 @@ def _point_last(out: Path, target: Path) -> None:
     os.replace(tmp, link)
 
 
-def load_training_state(path: Path) -> dict[str, Any]:
-    """Everything `save_checkpoint` wrote for resuming, as tensors and dicts; clear errors if damaged."""
+def _rng_file(rank: int) -> str:
+    return "rng.safetensors" if rank == 0 else f"rng_rank{rank}.safetensors"
+
+
+def load_training_state(path: Path, rank: int = 0) -> dict[str, Any]:
+    """Everything `save_checkpoint` wrote for resuming, as tensors and dicts (the RNG state of process
+    `rank`); clear errors if damaged."""
     state = path / STATE
     try:
         trainer = json.loads((state / "trainer.json").read_text())
+        if rank > 0:
+            trainer["rng"] = trainer["rng_ranks"][rank - 1]
         out: dict[str, Any] = {
             "trainer": trainer,
             "model": load_file(str(state / "model.safetensors")),
             "optimizer": _join_optimizer(
                 load_file(str(state / "optimizer.safetensors")), json.loads((state / "optimizer.json").read_text())
             ),
-            "rng": load_file(str(state / "rng.safetensors")),
+            "rng": load_file(str(state / _rng_file(rank))),
         }
         ema = state / "ema.safetensors"
         out["ema"] = load_file(str(ema)) if ema.exists() else None
-    except (OSError, json.JSONDecodeError, SafetensorError, KeyError) as e:
+    except (OSError, json.JSONDecodeError, SafetensorError, KeyError, IndexError) as e:
         raise TrainError(
             f"{path}: cannot resume from this checkpoint ({type(e).__name__}: {e}); "
             "delete it to resume from an earlier one, or start a new run with another --out"

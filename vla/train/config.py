@@ -22,7 +22,8 @@ class TrainConfig:
     data: tuple[str, ...]  # store paths, mixed by `weights`
     out: str  # run directory: checkpoints/, metrics.jsonl, train_config.json
     steps: int = 1000
-    batch_size: int = 32
+    batch_size: int = 32  # windows per forward pass and process (a micro-batch under grad_accum)
+    grad_accum: int = 1  # micro-batches per optimiser step: global batch = batch_size * grad_accum * processes
     weights: tuple[float, ...] | None = None  # per store; default: store sizes
     num_workers: int = 0  # DataLoader worker processes
     seed: int = 0
@@ -36,6 +37,9 @@ class TrainConfig:
     ema_decay: float = 0.999  # 0 disables EMA; warmed up as min(decay, (1 + t) / (10 + t))
     mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
     cpu: bool = False  # force the CPU even when a GPU is present
+    # Several processes: DDP's graph walk for parameters a rank did not use, instead of running idle
+    # experts on zero rows (vla.policies.modules.moe.keep_idle_experts; measured faster, see docs/training.md).
+    find_unused_parameters: bool = False
     # Logging and checkpoints
     log_every: int = 10
     save_every: int = 500  # also saved at the last step
@@ -56,8 +60,11 @@ class TrainConfig:
             problems.append("no training data: pass at least one --data STORE")
         if self.weights is not None and len(self.weights) != len(self.data):
             problems.append(f"{len(self.weights)} weights for {len(self.data)} stores")
-        if self.steps < 1 or self.batch_size < 1:
-            problems.append(f"steps and batch_size must be >= 1 (got {self.steps}, {self.batch_size})")
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            problems.append(
+                "steps, batch_size and grad_accum must be >= 1 "
+                f"(got {self.steps}, {self.batch_size}, {self.grad_accum})"
+            )
         if self.mixed_precision not in MIXED_PRECISION:
             problems.append(f"mixed_precision {self.mixed_precision!r} not in {MIXED_PRECISION}")
         if not 0 <= self.ema_decay < 1:
@@ -87,6 +94,8 @@ class TrainConfig:
 
     def same_run(self, other: TrainConfig) -> list[str]:
         """Fields that must not change between a run and its resumption (all but steps/logging)."""
-        free = {"steps", "progress", "log_every", "save_every", "keep_checkpoints", "num_workers"}
+        free = {
+            "steps", "progress", "log_every", "save_every", "keep_checkpoints", "num_workers", "find_unused_parameters"
+        }  # fmt: skip
         a, b = self.to_dict(), other.to_dict()
         return [k for k in a if k not in free and a[k] != b[k]]

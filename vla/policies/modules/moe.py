@@ -144,6 +144,11 @@ def dense_routing_weights(routing: Routing) -> torch.Tensor:
 class MoELayer(nn.Module):
     """Sparse MoE FFN: `forward(x (B, T, d), route_input) -> (y, Routing)`."""
 
+    # Data-parallel training (see `keep_idle_experts`): idle experts still run, on zero rows, and
+    # `experts_used` ORs which experts got tokens since the trainer last reset it.
+    keep_idle_experts: bool = False
+    experts_used: torch.Tensor | None = None
+
     def __init__(
         self,
         dim: int,
@@ -186,14 +191,59 @@ class MoELayer(nn.Module):
         flat_x = x.reshape(-1, x.shape[-1])
         flat_idx, flat_w = idx.reshape(-1, self.top_k), w.reshape(-1, self.top_k)
         out = torch.zeros_like(flat_x)
+        keep_idle = self.keep_idle_experts and torch.is_grad_enabled()
+        used = torch.zeros(self.n_experts, dtype=torch.bool) if keep_idle else None
         for e, expert in enumerate(self.experts):
             chosen = flat_idx == e  # (N, k)
             rows = chosen.any(-1).nonzero().squeeze(-1)
-            if rows.numel() == 0:
+            if used is not None:
+                used[e] = rows.numel() > 0
+            elif rows.numel() == 0:
                 continue
             gate = (flat_w * chosen).sum(-1)[rows].unsqueeze(-1).to(x.dtype)
-            out.index_add_(0, rows, gate * expert(flat_x[rows]))
+            out.index_add_(0, rows, gate * expert(flat_x[rows]))  # an idle expert adds nothing, bit for bit
+        if used is not None:
+            self.experts_used = used if self.experts_used is None else self.experts_used | used
         return out.reshape(x.shape)
+
+
+def keep_idle_experts(module: nn.Module, keep: bool = True) -> list[MoELayer]:
+    """Make every MoE layer in `module` run its idle experts on zero rows while gradients are recorded.
+
+    Why: an expert that gets no token on one data-parallel rank would otherwise be missing from that rank's
+    graph, and DDP, which reduces the same parameters on every rank, stops with "Expected to have finished
+    reduction in the prior iteration". On zero rows the expert adds nothing to the output (bit-identical),
+    and its parameters get a zero gradient. An expert idle on every rank must then get no gradient at all,
+    as in a single process (AdamW would otherwise still move it by its momentum and weight decay): see
+    `drop_idle_expert_grads`. Off by default, so single-process numbers are those of skipping idle experts.
+    Returns the MoE layers, in a fixed order."""
+    layers = [m for m in module.modules() if isinstance(m, MoELayer)]
+    for m in layers:
+        m.keep_idle_experts, m.experts_used = keep, None
+    return layers
+
+
+def experts_used(layers: Sequence[MoELayer]) -> torch.Tensor:
+    """(sum of n_experts,) 1 where an expert got a token since the last `drop_idle_expert_grads`, else 0."""
+    parts = [
+        m.experts_used if m.experts_used is not None else torch.zeros(m.n_experts, dtype=torch.bool) for m in layers
+    ]
+    return torch.cat(parts).float() if parts else torch.zeros(0)
+
+
+def drop_idle_expert_grads(layers: Sequence[MoELayer], used: torch.Tensor) -> int:
+    """Set the gradients of experts with `used` == 0 (a count summed over ranks) to None, as if they had
+    not run, and restart the usage record; returns how many experts that was."""
+    dropped = start = 0
+    for m in layers:
+        for e, expert in enumerate(m.experts):
+            if float(used[start + e]) == 0:
+                dropped += 1
+                for p in expert.parameters():
+                    p.grad = None
+        start += m.n_experts
+        m.experts_used = None
+    return dropped
 
 
 @dataclass(frozen=True)
