@@ -58,6 +58,14 @@ def convert(
         typer.Option(help="Replace DST if it is a vla store (once the new one is complete); anything else is refused."),
     ] = False,
     restart: Annotated[bool, typer.Option(help="Ignore a partial conversion at DST.partial and start over.")] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Processes reading (decoding) episodes in parallel; each holds one episode at a time. The store "
+            "is identical to a serial conversion.",
+        ),
+    ] = 1,
 ) -> None:
     """Convert demonstrations into a store, episode by episode; an interrupted run resumes."""
     from vla.datasets.convert.base import convert as run_convert
@@ -77,7 +85,7 @@ def convert(
         camera_orientation=_parse_pairs(camera_orientation, "--camera-orientation") or None,
         keys=_parse_pairs(key, "--key") or None,
     )
-    summary = run_convert(fmt, src, dst, decl, resume=not restart, overwrite=overwrite)
+    summary = run_convert(fmt, src, dst, decl, resume=not restart, overwrite=overwrite, workers=workers)
     store = summary.store
     table = Table(title=f"converted {fmt} -> {store.path}", show_header=False)
     table.add_row("episodes", f"{store.num_episodes} ({summary.episodes_skipped} resumed from an earlier run)")
@@ -85,7 +93,9 @@ def convert(
     table.add_row("fps", f"{store.fps:g}")
     table.add_row("tasks", str(len(store.tasks)))
     table.add_row("keys", ", ".join(store.keys))
-    table.add_row("time", f"{summary.seconds:.1f} s ({summary.frames_per_second:.0f} frames/s)")
+    table.add_row(
+        "time", f"{summary.seconds:.1f} s ({summary.frames_per_second:.0f} frames/s, {workers} reading process(es))"
+    )
     console.print(table)
 
 

@@ -6,6 +6,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -73,6 +74,7 @@ class ConversionSummary:
     seconds: float
     resumed: bool
 
+
     @property
     def frames_per_second(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else float("inf")
@@ -87,8 +89,14 @@ def convert(
     resume: bool = True,
     overwrite: bool = False,
     progress: bool = True,
+    workers: int = 1,
 ) -> ConversionSummary:
-    """Convert SRC (a file or a folder) of format `fmt` into a store at DST, episode by episode."""
+    """Convert SRC (a file or a folder) of format `fmt` into a store at DST, episode by episode.
+
+    `workers` > 1 reads episodes in that many processes (vla.datasets.convert.parallel); the store is
+    written in the same order, so it is identical to a serial conversion."""
+    if workers < 1:
+        raise DataError(dst, None, f"--workers must be >= 1, got {workers}")
     src = Path(src).resolve()  # one spelling of the path, so a re-run with another one still resumes
     if not src.exists():
         raise DataError(src, None, "source does not exist")
@@ -102,8 +110,14 @@ def convert(
     t0 = time.perf_counter()
     frames_before = writer.num_frames
     bar = tqdm(total=total, initial=skipped, unit="ep", desc=f"convert {fmt}", disable=not progress, dynamic_ncols=True)
-    with bar:
-        for ep in converter.episodes(start=skipped):
+    if workers > 1 and total - skipped > 1:
+        from vla.datasets.convert.parallel import parallel_episodes
+
+        episodes = parallel_episodes(fmt, src, declaration or Declaration(), skipped, total, workers)
+    else:
+        episodes = converter.episodes(start=skipped)
+    with bar, closing(episodes):  # an interrupted loop stops the workers (or closes the source) at once
+        for ep in episodes:
             writer.add_episode(ep)
             bar.update(1)
             bar.set_postfix(frames=writer.num_frames)

@@ -1,0 +1,78 @@
+"""Conversion speed with 1 and 2 reading processes (`vla data convert --workers N`) on a LeRobot video dataset.
+
+Writes (or reuses, with --data-dir) a LeRobot v3 dataset with lerobot's own writer: two 128x128 video
+cameras in lerobot's default AV1 encoding, 8-D state, 7-D action. Each worker count converts it into
+a fresh store (best of --repeats, since other processes on a shared machine only ever slow a run
+down); the stores are checked to be bit-identical.
+
+    python benchmarks/convert_parallel.py [--episodes 16] [--workers 1,2] [--data-dir DIR]
+
+The last line is `convert_speedup_2v1: <frames/s with the most workers / with 1>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("SVT_LOG", "1")  # the AV1 encoder's banner is not benchmark output
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--episodes", type=int, default=16)
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--data-dir", type=Path, default=None)
+    args = ap.parse_args()
+    import numpy as np
+
+    import vla  # noqa: F401  (offline defaults)
+    from vla.datasets.convert.base import convert
+    from vla.datasets.store import INDEX_KEYS
+    from vla.testing.lerobot import write_lerobot_dataset
+
+    work = args.data_dir or Path(tempfile.mkdtemp(prefix="vla-convert-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    src = work / f"lerobot_{args.episodes}ep"
+    if not (src / "meta" / "info.json").exists():
+        shutil.rmtree(src, ignore_errors=True)
+        t = time.perf_counter()
+        write_lerobot_dataset(src, args.episodes, range(80, 121), cameras=("front", "wrist"), image_size=(128, 128),
+                              fps=30, seed=0, repo_id="bench/convert", extra_features=False)  # fmt: skip
+        print(f"wrote {src} in {time.perf_counter() - t:.0f} s")
+    counts = [int(w) for w in args.workers.split(",")]
+    rates, stores = {}, {}
+    for n in counts:
+        best = 0.0
+        for r in range(args.repeats):
+            dst = work / f"store_w{n}.zarr"
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.rmtree(dst.with_name(dst.name + ".partial"), ignore_errors=True)
+            t = time.perf_counter()
+            summary = convert("lerobot", src, dst, progress=False, workers=n)
+            seconds = time.perf_counter() - t
+            best = max(best, summary.frames / seconds)
+            print(f"  {n} worker(s), run {r + 1}: {summary.frames} frames in {seconds:.1f} s", flush=True)
+        rates[n], stores[n] = best, summary.store
+    first = stores[counts[0]]
+    for n in counts[1:]:
+        assert stores[n].meta == first.meta
+        for key in (*first.keys, *INDEX_KEYS):
+            assert np.array_equal(stores[n].array(key)[:], first.array(key)[:]), key
+    print(f"\n{'workers':>7} {'frames/s':>9}")
+    for n, rate in rates.items():
+        print(f"{n:>7} {rate:>9.0f}")
+    print(f"stores bit-identical; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end")
+    if args.data_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"convert_speedup_{counts[-1]}v{counts[0]}: {rates[counts[-1]] / rates[counts[0]]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
