@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vla.datasets.convert import CONVERTERS
+from vla.datasets.image_codecs import DEFAULT_CODEC
 
 app = typer.Typer(help="Convert demonstrations into the vla store, inspect and validate stores.", no_args_is_help=True)
 console = Console()
@@ -66,6 +67,14 @@ def convert(
             "is identical to a serial conversion.",
         ),
     ] = 1,
+    image_codec: Annotated[
+        str,
+        typer.Option(
+            help="How camera frames are stored: lz4 (lossless, large) or one compressed image per frame: "
+            "jpeg, webp, avif, jpegxl, optionally with a quality 1-100 (e.g. webp:85). The conversion reports "
+            "the error against the source (PSNR, largest pixel error). See docs/store.md.",
+        ),
+    ] = DEFAULT_CODEC,
 ) -> None:
     """Convert demonstrations into a store, episode by episode; an interrupted run resumes."""
     from vla.datasets.convert.base import convert as run_convert
@@ -85,7 +94,14 @@ def convert(
         camera_orientation=_parse_pairs(camera_orientation, "--camera-orientation") or None,
         keys=_parse_pairs(key, "--key") or None,
     )
-    summary = run_convert(fmt, src, dst, decl, resume=not restart, overwrite=overwrite, workers=workers)
+    from vla.datasets.image_codecs import ImageCodec
+
+    try:
+        images = ImageCodec.parse(image_codec)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--image-codec") from None
+    summary = run_convert(fmt, src, dst, decl, resume=not restart, overwrite=overwrite, workers=workers,
+                          image_codec=images)  # fmt: skip
     store = summary.store
     table = Table(title=f"converted {fmt} -> {store.path}", show_header=False)
     table.add_row("episodes", f"{store.num_episodes} ({summary.episodes_skipped} resumed from an earlier run)")
@@ -96,6 +112,10 @@ def convert(
     table.add_row(
         "time", f"{summary.seconds:.1f} s ({summary.frames_per_second:.0f} frames/s, {workers} reading process(es))"
     )
+    codec = summary.image_codec
+    quality = f" quality {codec['quality']}" if codec.get("quality") else ""
+    errors = [f"{k}: PSNR {e['psnr_db']} dB, max abs {e['max_abs']}" for k, e in codec.get("error", {}).items()]
+    table.add_row("images", f"{codec['name']}{quality}" + (f" ({'; '.join(errors)})" if errors else " (lossless)"))
     console.print(table)
 
 
