@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -23,6 +24,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SVT_LOG", "1")  # the AV1 encoder's banner is not benchmark output
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the reading processes, once joined)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main() -> None:
@@ -56,13 +63,14 @@ def main() -> None:
             dst = work / f"store_w{n}.zarr"
             shutil.rmtree(dst, ignore_errors=True)
             shutil.rmtree(dst.with_name(dst.name + ".partial"), ignore_errors=True)
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), cpu_seconds()
             summary = convert("lerobot", src, dst, progress=False, workers=n)
-            seconds = time.perf_counter() - t
+            seconds, cpu = time.perf_counter() - t, cpu_seconds() - cpu
             best, best_total = max(best, summary.steady_frames_per_second), max(best_total, summary.frames / seconds)
             print(
                 f"  {n} worker(s), run {r + 1}: {summary.frames} frames in {seconds:.1f} s (start-up "
-                f"{summary.startup_s:.1f} s), steady {summary.steady_frames_per_second:.0f} frames/s",
+                f"{summary.startup_s:.1f} s), steady {summary.steady_frames_per_second:.0f} frames/s; "
+                f"CPU {cpu:.1f} s in all processes",
                 flush=True,
             )
         rates[n], totals[n], stores[n] = best, best_total, summary.store
