@@ -71,8 +71,9 @@ def convert(
         str,
         typer.Option(
             help="How camera frames are stored: lz4 (lossless, large) or one compressed image per frame: "
-            "jpeg, webp, avif, jpegxl, optionally with a quality 1-100 (e.g. webp:85). The conversion reports "
-            "the error against the source (PSNR, largest pixel error). See docs/store.md.",
+            "jpeg (default, quality 75), webp, avif, jpegxl, optionally with a quality 1-100 (e.g. jpeg:90, "
+            "webp:85). The conversion reports the error against the source (PSNR, largest pixel error). "
+            "See docs/store.md.",
         ),
     ] = DEFAULT_CODEC,
 ) -> None:
@@ -137,6 +138,7 @@ def describe(store) -> dict:
             for c in store.spec.cameras
         ],
         "stats": store.stats,
+        "image_codec": store.meta.get("image_codec", {"name": "lz4", "quality": None, "error": {}}),
     }
 
 
@@ -169,6 +171,10 @@ def info(
     console.print("action: " + ", ".join(d["action_space"]))
     for c in d["cameras"]:
         console.print(f"camera {c['name']}: stored {c['orientation']} (source {c['source_orientation']})")
+    codec = d["image_codec"]
+    if d["cameras"]:
+        errors = "; ".join(f"{k}: PSNR {e['psnr_db']} dB, max abs {e['max_abs']}" for k, e in codec["error"].items())
+        console.print(f"images: {codec['name']}" + (f" quality {codec['quality']} ({errors})" if errors else ""))
     console.print(f"{len(d['tasks'])} tasks" + (f", {d['annotations']} language windows" if d["annotations"] else ""))
     for i, task_text in enumerate(d["tasks"][:20]):
         console.print(f"  [{i}] {task_text}")

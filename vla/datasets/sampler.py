@@ -197,13 +197,12 @@ class FrameReader:
 
     def _decode(self, buf: bytes, out: np.ndarray, shard: int) -> None:
         if self.layout.image_decoder is not None:
-            try:
-                frame = self.layout.image_decoder.decode(buf)
-            except Exception as e:  # imagecodecs raises its own error types on corrupt data
-                raise DataError(self._shard_path(shard), self.key, f"frame does not decode: {e}") from None
-            if frame.shape != out.shape:
-                raise DataError(self._shard_path(shard), self.key, f"frame decodes to {frame.shape}, not {out.shape}")
-            out[...] = frame
+            try:  # straight into the window's buffer: no allocation or copy per frame
+                self.layout.image_decoder.decode(buf, out=out)
+            except Exception as e:  # imagecodecs raises its own error types on corrupt data or another size
+                raise DataError(
+                    self._shard_path(shard), self.key, f"frame does not decode to {out.shape}: {e}"
+                ) from None
             return
         if not self.layout.compressed:
             if len(buf) != self.frame_bytes:
