@@ -4,8 +4,9 @@ Writes (or reuses, with --data-dir) a LeRobot v3 dataset with lerobot's own writ
 cameras in lerobot's default AV1 encoding, 8-D state, 7-D action. Each worker count converts it into
 a fresh store (best of --repeats, since other processes on a shared machine only ever slow a run
 down); the stores are checked to be bit-identical. Two rates per run: over the whole call, and
-steady (after the first episode is written, which is when the reading processes have started: a
-spawned process imports lerobot and torch once, seconds on an idle machine, a minute on a busy one).
+steady: the episode loop from the first episode written (the reading processes have started then:
+a spawned process imports lerobot and torch once, seconds on an idle machine, a minute on a busy
+one) to the last (then come the statistics over a bounded sample of frames, a fixed cost).
 
     python benchmarks/convert_parallel.py [--episodes 16] [--workers 1,2] [--data-dir DIR]
 

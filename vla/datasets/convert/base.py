@@ -76,11 +76,13 @@ class ConversionSummary:
     resumed: bool
     startup_s: float = 0.0  # until the first episode was written (reading processes started, source opened)
     startup_frames: int = 0  # frames of that first episode
+    loop_s: float = 0.0  # until the last episode was written (then statistics and the rename: a fixed cost)
 
     @property
     def steady_frames_per_second(self) -> float:
-        """The rate after start-up: what a long conversion sustains (worker start-up is paid once)."""
-        seconds = self.seconds - self.startup_s
+        """The episode loop's rate after the first episode: what a long conversion sustains (reading processes
+        start once; the final statistics sample a bounded number of frames)."""
+        seconds = self.loop_s - self.startup_s
         return (self.frames - self.startup_frames) / seconds if seconds > 0 else self.frames_per_second
 
     @property
@@ -142,6 +144,7 @@ def convert(
                 startup_s, startup_frames = time.perf_counter() - t0, writer.num_frames - frames_before
             bar.update(1)
             bar.set_postfix(frames=writer.num_frames)
+    loop_s = time.perf_counter() - t0
     store = writer.finalize()
     seconds = time.perf_counter() - t0
     return ConversionSummary(
@@ -153,4 +156,5 @@ def convert(
         resumed=writer.resumed,
         startup_s=startup_s,
         startup_frames=startup_frames,
+        loop_s=loop_s,
     )
