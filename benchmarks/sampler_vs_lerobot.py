@@ -2,8 +2,12 @@
 
 One run of this script:
 1. writes (or reuses, with --data-dir) a LeRobot v3 dataset with lerobot's own writer: two 128x128
-   video cameras (lerobot's default AV1 encoding), 8-D state, 7-D action, 100-200 frames/episode;
-2. converts it to a store in a subprocess (conversion frames/s and peak RSS);
+   video cameras (lerobot's default AV1 encoding), 8-D state, 7-D action, 100-200 frames/episode.
+   The frames are rendered by the LIBERO simulator (`--frames libero`, the default: agentview and
+   wrist camera of an arm sweeping over libero_object scenes; clips rendered once and cached next to
+   the dataset, each episode a stretch of one clip), or the synthetic fixture (`--frames fixture`);
+2. converts it to a store in a subprocess with `--image-codec` (default: the CLI's), reporting
+   conversion frames/s, peak RSS, the store's size against the LeRobot folder and the decode error;
 3. times training windows (batch 32, 1 observation frame, action chunk 10) from LeRobotDataset
    (video-backed, its default decoder, `delta_timestamps` for the chunk, as lerobot trains) and
    from our WindowDataset, each with DataLoader num_workers 0 and 2: a warm-up batch (worker
@@ -13,10 +17,12 @@ One run of this script:
    dataset is lerobot's `aggregate_datasets` over four copies of the 1x dataset (same episode
    lengths, 4x the episodes, frames and video length).
 
-The last line is `ratio: <ours / lerobot samples/s, both with 2 workers>`; if lerobot's 2-worker
+The line before the last is `store_size_ratio: <store bytes / LeRobot folder bytes>` (1x data); the
+last line is `ratio: <ours / lerobot samples/s, both with 2 workers>`; if lerobot's 2-worker
 configuration fails, its best working configuration is used instead and named.
 
     python benchmarks/sampler_vs_lerobot.py [--episodes 50] [--batches 30] [--data-dir DIR] [--quick]
+        [--frames libero|fixture] [--image-codec webp:90]
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SVT_LOG", "1")  # the AV1 encoder's banner is not benchmark output
 
@@ -45,6 +53,7 @@ STATE_DIM, ACTION_DIM = 8, 7
 FPS = 30
 EPISODE_LEN = range(100, 201)
 QUICK_LEN = range(40, 61)
+CLIPS, CLIP_LEN = 6, 200  # LIBERO clips rendered once; every episode is a stretch of one of them
 
 # Runs in a fresh interpreter: its own peak RSS is the conversion's (plus the imports, reported apart).
 CHILD_CONVERT = """
@@ -54,11 +63,11 @@ from vla.datasets.convert.base import convert
 import lerobot.datasets.lerobot_dataset, lerobot.datasets.video_utils
 after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
-summary = convert("lerobot", sys.argv[1], sys.argv[2], progress=False)
+summary = convert("lerobot", sys.argv[1], sys.argv[2], progress=False, image_codec=sys.argv[3])
 seconds = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"frames": summary.frames, "episodes": summary.store.num_episodes, "seconds": seconds,
-                  "peak_kb": peak, "after_imports_kb": after_imports}))
+                  "peak_kb": peak, "after_imports_kb": after_imports, "image_codec": summary.image_codec}))
 """
 
 
@@ -69,6 +78,7 @@ class Conversion:
     seconds: float
     peak_mb: float
     after_imports_mb: float
+    image_codec: dict
 
     @property
     def frames_per_second(self) -> float:
@@ -76,13 +86,56 @@ class Conversion:
 
 
 # --- data ---------------------------------------------------------------------------------------
-def source_dataset(root: Path, episodes: int, lengths: range, seed: int) -> Path:
+def libero_clips(cache: Path) -> np.ndarray:
+    """(CLIPS, 2 cameras, CLIP_LEN, 128, 128, 3) uint8 frames rendered by LIBERO, cached in `cache` (.npy)."""
+    if cache.exists():
+        return np.load(cache)
+    from vla.datasets.conventions.libero import CAMERAS as LIBERO_CAMERAS
+    from vla.keys import camera_key
+    from vla.sim.libero import LiberoEnv
+
+    t0 = time.perf_counter()
+    clips = np.zeros((CLIPS, len(CAMERAS), CLIP_LEN, *IMAGE_SIZE, 3), np.uint8)
+    cams = tuple(LIBERO_CAMERAS)[: len(CAMERAS)]
+    for task in range(2):
+        env = LiberoEnv("libero_object", task, cameras=cams, image_size=IMAGE_SIZE[0])
+        try:
+            for k in range(CLIPS // 2):
+                clip = task * (CLIPS // 2) + k
+                env.reset(k)
+                t = np.arange(CLIP_LEN)[:, None]
+                phase = 2 * np.pi * (t / np.array([60.0, 80.0, 50.0]) + clip / CLIPS)
+                for i in range(CLIP_LEN):  # the arm sweeps over the table and opens/closes the gripper
+                    action = np.r_[0.6 * np.sin(phase[i]), np.zeros(3), (-1.0) ** ((i // 40) % 2)]
+                    obs = env.step(action).obs
+                    for c, cam in enumerate(cams):
+                        clips[clip, c, i] = obs[camera_key(cam)]
+        finally:
+            env.close()
+    tmp = cache.with_suffix(".tmp.npy")
+    np.save(tmp, clips)
+    os.replace(tmp, cache)
+    print(f"rendered {CLIPS} LIBERO clips of {CLIP_LEN} frames in {time.perf_counter() - t0:.0f} s")
+    return clips
+
+
+def clip_frames(clips: np.ndarray, lengths: list[int]):
+    """image_fn for the fixture writer: episode e shows a stretch of clip e % CLIPS."""
+    offsets = [(e * 53) % (CLIP_LEN - n + 1) for e, n in enumerate(lengths)]
+    return lambda e, c, t: clips[e % len(clips), c, offsets[e] + t]
+
+
+def source_dataset(root: Path, episodes: int, lengths: range, seed: int, frames: str) -> Path:
     """The LeRobot v3 fixture, written with lerobot's writer unless `root` already holds it."""
     info = root / "meta" / "info.json"
     if info.exists() and json.loads(info.read_text()).get("total_episodes") == episodes:
         print(f"reusing LeRobot dataset {root}")
         return root
-    from vla.testing.lerobot import write_lerobot_dataset
+    from vla.testing.lerobot import episode_lengths, write_lerobot_dataset
+
+    image_fn = None
+    if frames == "libero":
+        image_fn = clip_frames(libero_clips(root.parent / "libero_clips.npy"), episode_lengths(episodes, lengths, seed))
 
     shutil.rmtree(root, ignore_errors=True)
     t = time.perf_counter()
@@ -99,6 +152,7 @@ def source_dataset(root: Path, episodes: int, lengths: range, seed: int) -> Path
         seed=seed,
         repo_id=f"bench/{root.name}",
         extra_features=False,
+        image_fn=image_fn,
     )
     print(f"wrote LeRobot dataset {root} ({episodes} episodes) in {time.perf_counter() - t:.0f} s")
     return root
@@ -117,15 +171,22 @@ def times_four(src: Path, root: Path) -> Path:
     return root
 
 
-def convert_in_subprocess(src: Path, dst: Path) -> Conversion:
+def convert_in_subprocess(src: Path, dst: Path, image_codec: str) -> Conversion:
     shutil.rmtree(dst, ignore_errors=True)
     shutil.rmtree(dst.with_name(dst.name + ".partial"), ignore_errors=True)
-    out = subprocess.run([sys.executable, "-c", CHILD_CONVERT, str(src), str(dst)], capture_output=True, text=True)
+    cmd = [sys.executable, "-c", CHILD_CONVERT, str(src), str(dst), image_codec]
+    out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"conversion of {src} failed:\n{out.stderr[-4000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
     kb = 1024.0  # ru_maxrss is in KiB on Linux
-    return Conversion(r["frames"], r["episodes"], r["seconds"], r["peak_kb"] / kb, r["after_imports_kb"] / kb)
+    return Conversion(
+        r["frames"], r["episodes"], r["seconds"], r["peak_kb"] / kb, r["after_imports_kb"] / kb, r["image_codec"]
+    )
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 # --- loaders ------------------------------------------------------------------------------------
@@ -211,6 +272,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=3, help="timings per configuration, best one kept (default 3)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 6 short episodes, 3 batches, 1 repeat")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--frames", choices=("libero", "fixture"), default="libero", help="what the cameras show")
+    ap.add_argument("--image-codec", default=None, help="the store's image codec (default: the CLI's default)")
+    ap.add_argument("--skip-4x", action="store_true", help="skip the 4x conversion (peak RSS growth)")
     args = ap.parse_args()
     if args.quick:
         args.episodes, args.batches, args.repeats = min(args.episodes, 6), min(args.batches, 3), 1
@@ -223,6 +287,9 @@ def main() -> None:
 
     import vla  # noqa: F401  (offline defaults)
     from vla.datasets.convert.lerobot import default_video_backend
+    from vla.datasets.image_codecs import DEFAULT_CODEC
+
+    codec = args.image_codec or DEFAULT_CODEC
 
     # DataLoader workers run with one torch thread; the 0-worker runs in this process do too, so they
     # measure loading rather than OpenMP spin-waits on a shared machine (lerobot's decoder copies one
@@ -232,14 +299,18 @@ def main() -> None:
     work = args.data_dir or Path(tempfile.mkdtemp(prefix="vla-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     lengths = QUICK_LEN if args.quick else EPISODE_LEN
-    src = source_dataset(work / f"lerobot_{args.episodes}ep", args.episodes, lengths, args.seed)
-    src4 = times_four(src, work / f"lerobot_{args.episodes}ep_x4")
+    name = f"lerobot_{args.episodes}ep" + ("_q" if args.quick else "") + ("_libero" if args.frames == "libero" else "")
+    src = source_dataset(work / name, args.episodes, lengths, args.seed, args.frames)
 
     store1 = work / "store_1x.zarr"
-    conv1 = convert_in_subprocess(src, store1)
+    conv1 = convert_in_subprocess(src, store1, codec)
     print(f"conversion 1x: {conv1.frames} frames in {conv1.seconds:.1f} s = {conv1.frames_per_second:.0f} frames/s")
-    conv4 = convert_in_subprocess(src4, work / "store_4x.zarr")
-    print(f"conversion 4x: {conv4.frames} frames in {conv4.seconds:.1f} s = {conv4.frames_per_second:.0f} frames/s")
+    conv4 = conv1
+    if not args.skip_4x:
+        src4 = times_four(src, work / f"{name}_x4")
+        conv4 = convert_in_subprocess(src4, work / "store_4x.zarr", codec)
+        print(f"conversion 4x: {conv4.frames} frames in {conv4.seconds:.1f} s = {conv4.frames_per_second:.0f} frames/s")
+    size_src, size_store = folder_bytes(src), folder_bytes(store1)
 
     backend = default_video_backend()
     lerobot_name = f"lerobot LeRobotDataset (video, {backend}, float CHW)"
@@ -270,8 +341,16 @@ def main() -> None:
         raise SystemExit(f"our loader failed with 2 workers: {ours}")
     theirs, which = lerobot_reference(rows, lerobot_name)
     print(f"ours (2 workers) / lerobot ({which}): {ours:.1f} / {theirs:.1f} samples/s")
+    errors = "; ".join(
+        f"{k}: PSNR {e['psnr_db']} dB, max abs {e['max_abs']}" for k, e in conv1.image_codec["error"].items()
+    )
+    print(
+        f"store images: {conv1.image_codec['name']} quality {conv1.image_codec['quality']} ({errors or 'lossless'}); "
+        f"frames: {args.frames}; store {size_store / 1e6:.1f} MB, LeRobot folder {size_src / 1e6:.1f} MB"
+    )
     if args.data_dir is None:
         shutil.rmtree(work, ignore_errors=True)
+    print(f"store_size_ratio: {size_store / size_src:.2f}")
     print(f"ratio: {ours / theirs:.2f}", flush=True)
 
 

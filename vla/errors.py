@@ -19,6 +19,9 @@ class DataError(VlaError):
         where = f"{self.path}" + (f" [{key}]" if key else "")
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self):  # rebuilt from its three parts: raised in a conversion worker, re-raised here
+        return (type(self), (self.path, self.key, self.problem))
+
 
 class PolicyError(VlaError):
     """A policy config, checkpoint or input that cannot work: says what and how to fix it."""

@@ -67,6 +67,7 @@ def test_results_after_a_kill_and_resume(resumed_run):
     assert summary["run"] == {
         "workers": 1,
         "policy_in_workers": False,
+        "backend": "processes",
         "resumed_episodes": 2,
         "dropped_log_lines": 1,
         "duplicate_log_records": 0,

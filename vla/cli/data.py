@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vla.datasets.convert import CONVERTERS
+from vla.datasets.image_codecs import DEFAULT_CODEC
 
 app = typer.Typer(help="Convert demonstrations into the vla store, inspect and validate stores.", no_args_is_help=True)
 console = Console()
@@ -58,6 +59,23 @@ def convert(
         typer.Option(help="Replace DST if it is a vla store (once the new one is complete); anything else is refused."),
     ] = False,
     restart: Annotated[bool, typer.Option(help="Ignore a partial conversion at DST.partial and start over.")] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Processes reading (decoding) episodes in parallel; each holds one episode at a time. The store "
+            "is identical to a serial conversion.",
+        ),
+    ] = 1,
+    image_codec: Annotated[
+        str,
+        typer.Option(
+            help="How camera frames are stored: lz4 (lossless, large) or one compressed image per frame: "
+            "jpeg (default, quality 75), webp, avif, jpegxl, optionally with a quality 1-100 (e.g. jpeg:90, "
+            "webp:85). The conversion reports the error against the source (PSNR, largest pixel error). "
+            "See docs/store.md.",
+        ),
+    ] = DEFAULT_CODEC,
 ) -> None:
     """Convert demonstrations into a store, episode by episode; an interrupted run resumes."""
     from vla.datasets.convert.base import convert as run_convert
@@ -77,7 +95,14 @@ def convert(
         camera_orientation=_parse_pairs(camera_orientation, "--camera-orientation") or None,
         keys=_parse_pairs(key, "--key") or None,
     )
-    summary = run_convert(fmt, src, dst, decl, resume=not restart, overwrite=overwrite)
+    from vla.datasets.image_codecs import ImageCodec
+
+    try:
+        images = ImageCodec.parse(image_codec)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--image-codec") from None
+    summary = run_convert(fmt, src, dst, decl, resume=not restart, overwrite=overwrite, workers=workers,
+                          image_codec=images)  # fmt: skip
     store = summary.store
     table = Table(title=f"converted {fmt} -> {store.path}", show_header=False)
     table.add_row("episodes", f"{store.num_episodes} ({summary.episodes_skipped} resumed from an earlier run)")
@@ -85,7 +110,13 @@ def convert(
     table.add_row("fps", f"{store.fps:g}")
     table.add_row("tasks", str(len(store.tasks)))
     table.add_row("keys", ", ".join(store.keys))
-    table.add_row("time", f"{summary.seconds:.1f} s ({summary.frames_per_second:.0f} frames/s)")
+    table.add_row(
+        "time", f"{summary.seconds:.1f} s ({summary.frames_per_second:.0f} frames/s, {workers} reading process(es))"
+    )
+    codec = summary.image_codec
+    quality = f" quality {codec['quality']}" if codec.get("quality") else ""
+    errors = [f"{k}: PSNR {e['psnr_db']} dB, max abs {e['max_abs']}" for k, e in codec.get("error", {}).items()]
+    table.add_row("images", f"{codec['name']}{quality}" + (f" ({'; '.join(errors)})" if errors else " (lossless)"))
     console.print(table)
 
 
@@ -107,6 +138,7 @@ def describe(store) -> dict:
             for c in store.spec.cameras
         ],
         "stats": store.stats,
+        "image_codec": store.meta.get("image_codec", {"name": "lz4", "quality": None, "error": {}}),
     }
 
 
@@ -139,6 +171,10 @@ def info(
     console.print("action: " + ", ".join(d["action_space"]))
     for c in d["cameras"]:
         console.print(f"camera {c['name']}: stored {c['orientation']} (source {c['source_orientation']})")
+    codec = d["image_codec"]
+    if d["cameras"]:
+        errors = "; ".join(f"{k}: PSNR {e['psnr_db']} dB, max abs {e['max_abs']}" for k, e in codec["error"].items())
+        console.print(f"images: {codec['name']}" + (f" quality {codec['quality']} ({errors})" if errors else ""))
     console.print(f"{len(d['tasks'])} tasks" + (f", {d['annotations']} language windows" if d["annotations"] else ""))
     for i, task_text in enumerate(d["tasks"][:20]):
         console.print(f"  [{i}] {task_text}")

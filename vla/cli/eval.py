@@ -7,6 +7,16 @@ from typing import Annotated
 
 import typer
 
+RayOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="auto|ADDRESS",
+        help="Run on Ray: 'auto' starts a local instance, an address (e.g. 10.0.0.1:6379) joins a cluster. "
+        "--workers simulator actors; the policy runs in one actor per GPU (else one on CPU). See docs/ray.md.",
+    ),
+]
+
 app = typer.Typer(help="Evaluate a policy in a simulator with a published protocol.", no_args_is_help=True)
 
 
@@ -32,6 +42,7 @@ def libero(
     policy_in_workers: Annotated[
         bool, typer.Option(help="Each worker loads its own policy instead of one batched policy here.")
     ] = False,
+    ray: RayOption = None,
     replan_steps: Annotated[int | None, typer.Option(help="Actions executed per plan (default: preset's).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Step budget for every task (default: preset's).")] = None,
     seed: Annotated[int, typer.Option(help="The run's seed (policy sampling; env seed under 'libero').")] = 0,
@@ -69,6 +80,7 @@ def libero(
         image_size=image_size,
         workers=workers,
         policy_in_workers=policy_in_workers,
+        ray=ray,
         videos=videos,
         device=device,
         dynamic_horizon=dynamic_horizon,
@@ -98,6 +110,7 @@ def calvin(
     policy_in_workers: Annotated[
         bool, typer.Option(help="Each worker loads its own policy instead of one batched policy here.")
     ] = False,
+    ray: RayOption = None,
     replan_steps: Annotated[
         int | None, typer.Option(help="Actions executed per plan (default: the policy's n_action_steps).")
     ] = None,
@@ -140,6 +153,7 @@ def calvin(
         replan_steps=replan_steps,
         workers=workers,
         policy_in_workers=policy_in_workers,
+        ray=ray,
         videos=videos,
         video_chains=parse_ids(video_chains) if video_chains else None,
         device=device,

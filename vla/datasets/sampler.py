@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from vla.datasets import image_codecs
 from vla.datasets import slots as slotlib
 from vla.datasets.spec import KeySpec
 from vla.datasets.store import Store
@@ -82,6 +83,7 @@ class _ShardLayout:
     frames_per_shard: int
     separator: str
     compressed: bool  # inner codecs bytes+blosc (else bytes only)
+    image_decoder: Any = None  # inner codec one compressed image per frame (vla.datasets.image_codecs)
 
 
 def _shard_layout(meta_path: Path, frame_shape: tuple[int, ...]) -> _ShardLayout | None:
@@ -92,6 +94,7 @@ def _shard_layout(meta_path: Path, frame_shape: tuple[int, ...]) -> _ShardLayout
         cfg = codec["configuration"]
         shard = meta["chunk_grid"]["configuration"]["chunk_shape"]
         inner = [c["name"] for c in cfg["codecs"]]
+        image = image_codecs.decoder(cfg["codecs"][0]) if len(inner) == 1 else None
         index = cfg["index_codecs"]
         enc = meta["chunk_key_encoding"]
         ok = (
@@ -100,7 +103,7 @@ def _shard_layout(meta_path: Path, frame_shape: tuple[int, ...]) -> _ShardLayout
             and not meta.get("storage_transformers")
             and list(cfg["chunk_shape"]) == [1, *frame_shape]
             and list(shard[1:]) == list(frame_shape)
-            and inner in (["bytes"], ["bytes", "blosc"])
+            and (inner in (["bytes"], ["bytes", "blosc"]) or image is not None)
             and [c["name"] for c in index] == ["bytes", "crc32c"]
             and index[0].get("configuration", {}).get("endian", "little") == "little"
             and cfg.get("index_location", "end") == "end"
@@ -109,7 +112,7 @@ def _shard_layout(meta_path: Path, frame_shape: tuple[int, ...]) -> _ShardLayout
         if not ok:
             return None
         sep = enc.get("configuration", {}).get("separator", "/")
-        return _ShardLayout(int(shard[0]), sep, len(inner) == 2)
+        return _ShardLayout(int(shard[0]), sep, len(inner) == 2, image)
     except (OSError, KeyError, TypeError, ValueError):
         return None
 
@@ -193,6 +196,14 @@ class FrameReader:
         return np.frombuffer(raw[:-4], "<u8").reshape(-1, 2)
 
     def _decode(self, buf: bytes, out: np.ndarray, shard: int) -> None:
+        if self.layout.image_decoder is not None:
+            try:  # straight into the window's buffer: no allocation or copy per frame
+                self.layout.image_decoder.decode(buf, out=out)
+            except Exception as e:  # imagecodecs raises its own error types on corrupt data or another size
+                raise DataError(
+                    self._shard_path(shard), self.key, f"frame does not decode to {out.shape}: {e}"
+                ) from None
+            return
         if not self.layout.compressed:
             if len(buf) != self.frame_bytes:
                 raise DataError(self._shard_path(shard), self.key, f"chunk of {len(buf)} bytes, not one frame")

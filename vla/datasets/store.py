@@ -29,7 +29,9 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from vla import __version__
+from vla.datasets import image_codecs
 from vla.datasets import slots as slotlib
+from vla.datasets.image_codecs import ErrorMeter, ImageCodec
 from vla.datasets.spec import SCHEMA_VERSION, STORE_FORMAT, KeySpec, StoreSpec
 from vla.datasets.stats import image_stats, lowdim_stats
 from vla.errors import DataError
@@ -144,8 +146,14 @@ class Episode:
         return len(self.frames["action"])
 
 
-def _codecs_for(spec: KeySpec) -> dict[str, Any]:
-    if spec.dtype == "uint8" and len(spec.shape) == 3:  # images: one frame per inner chunk
+def _is_image(spec: KeySpec) -> bool:
+    return spec.dtype == "uint8" and len(spec.shape) == 3
+
+
+def _codecs_for(spec: KeySpec, images: ImageCodec = image_codecs.LZ4) -> dict[str, Any]:
+    if _is_image(spec):  # images: one frame per inner chunk, blosc-lz4 or one compressed image
+        if images.lossy:
+            return {"serializer": images.zarr_serializer(), "compressors": None}
         return {"compressors": [BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")]}
     return {"compressors": [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")]}
 
@@ -199,8 +207,10 @@ def check_text(src: str, key: str, text: str) -> None:
         ) from None
 
 
-def spec_fingerprint(spec: StoreSpec, source_fingerprint: str) -> str:
+def spec_fingerprint(spec: StoreSpec, source_fingerprint: str, images: ImageCodec | None = None) -> str:
     blob = json.dumps(spec.to_json(), sort_keys=True) + "|" + source_fingerprint
+    if images is not None and images.lossy:  # a resume never mixes two image codecs in one store
+        blob += "|" + json.dumps(images.to_json(), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -209,6 +219,7 @@ class StoreWriter:
 
     With `resume=True` an existing partial store written for the same spec and source is continued
     from its last committed episode (`done_episodes` tells the converter where to restart).
+    `image_codec`: how camera frames are compressed (vla.datasets.image_codecs; default lossless lz4).
     """
 
     def __init__(
@@ -219,7 +230,10 @@ class StoreWriter:
         source_fingerprint: str = "",
         resume: bool = True,
         overwrite: bool = False,
+        image_codec: ImageCodec | None = None,
     ):
+        image_codecs.register()
+        self.images = image_codec or image_codecs.LZ4
         problems = spec.problems()
         if problems:
             raise DataError(spec.source.path or str(path), None, "invalid dataset description: " + "; ".join(problems))
@@ -231,7 +245,7 @@ class StoreWriter:
         self.tmp = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
         self.spec = spec
         self.keys = spec.keys()
-        self.fingerprint = spec_fingerprint(spec, source_fingerprint)
+        self.fingerprint = spec_fingerprint(spec, source_fingerprint, self.images)
         self._check_destination(overwrite)
         self.action_slots = spec.action_slots or slotlib.assign_slots(spec.action)
         self.state_slots = spec.state_slots or (slotlib.assign_slots(spec.state) if spec.state else ())
@@ -295,7 +309,8 @@ class StoreWriter:
         self.root = zarr.open_group(self.tmp, mode="a")
         data = self.root.create_group("data")
         for key, ks in self.keys.items():
-            data.create_array(key, shape=(0, *ks.shape), dtype=ks.dtype, **_chunking(ks), **_codecs_for(ks))
+            codecs = _codecs_for(ks, self.images)
+            data.create_array(key, shape=(0, *ks.shape), dtype=ks.dtype, **_chunking(ks), **codecs)
         for key, dtype in INDEX_KEYS.items():
             data.create_array(key, shape=(0,), dtype=dtype, chunks=(LOWDIM_CHUNK,), **_codecs_for(KeySpec(dtype, ())))
         meta = self.root.create_group("meta")
@@ -311,6 +326,7 @@ class StoreWriter:
             "annotations": 0,
             "tasks": [],
             "source_ids": [],
+            "image_error": {},  # lossy image codecs: per camera key, ErrorMeter's running sums
         }
         self._commit()
 
@@ -395,6 +411,10 @@ class StoreWriter:
             z = data[key].with_config(WRITE_CONFIG)
             z.resize((end, *z.shape[1:]))
             z[start:end] = arr
+            if self.images.lossy and key in self.keys and _is_image(self.keys[key]):
+                # What training will see against what the source holds: read back what was just written.
+                sums = self.state.setdefault("image_error", {}).setdefault(key, ErrorMeter.empty())
+                ErrorMeter(sums).add(arr, z[start:end])
         self._append("meta/episode_ends", [end])
         self._append("meta/episode_task", [self._task_index(ep.task)])
         if ep.annotations:
@@ -451,6 +471,10 @@ class StoreWriter:
                 },
             },
             "stats": stats,
+            "image_codec": {
+                **self.images.to_json(),
+                "error": {k: ErrorMeter(v).summary() for k, v in self.state.get("image_error", {}).items()},
+            },
         }
         self.root.attrs[ATTRS_KEY] = meta
         (self.tmp / JOURNAL).unlink()
@@ -476,6 +500,7 @@ class Store:
             )
         if not (self.path / "zarr.json").exists():
             raise DataError(self.path, None, "not a Zarr store (no zarr.json); convert data with `vla data convert`")
+        image_codecs.register()  # image arrays may name an imagecodecs codec
         self.root = zarr.open_group(self.path, mode="r")
         meta = self.root.attrs.get(ATTRS_KEY)
         if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:

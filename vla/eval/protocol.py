@@ -304,6 +304,7 @@ class EvalProtocol(ABC):
                 policy_in_workers=config.policy_in_workers,
                 on_result=on_result,
                 record=record,
+                ray=getattr(config, "ray", None),
             )
         finally:
             bar.close()
@@ -334,6 +335,7 @@ class EvalProtocol(ABC):
             "run": {
                 "workers": self.config.workers,
                 "policy_in_workers": self.config.policy_in_workers,
+                "backend": "ray" if getattr(self.config, "ray", None) else "processes",
                 "resumed_episodes": resumed,
                 "dropped_log_lines": log.dropped_lines,
                 "duplicate_log_records": log.duplicates,

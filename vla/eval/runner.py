@@ -38,6 +38,7 @@ class RunStats:
     wall_s: float = 0.0
     episode_wall_s: float = 0.0  # summed over episodes: excludes start-up and simulator building
     startup_s: float = 0.0  # until every worker had answered once (processes up, simulators built)
+    retried_episodes: int = 0  # Ray: episodes rerun from the start because their actor died
 
     @property
     def success_rate(self) -> float:
@@ -77,18 +78,29 @@ def run_episodes(
     processes: bool | None = None,
     on_result: OnResult | None = None,
     record: Callable[[EpisodeSpec], bool] | None = None,
+    ray: str | None = None,
 ) -> RunStats:
     """Run `episodes` and return the counts; each result goes to `on_result` as it finishes.
 
     `planner`: an already built central planner (default: built from `planner_spec`, which worker
     processes use when `policy_in_workers`). `processes`: spawn worker processes (default: when
     `workers > 1`; one in-process worker otherwise). `record(spec)`: whether to keep that episode's simulator
-    states (handed to `on_result`, e.g. to render a video of it).
+    states (handed to `on_result`, e.g. to render a video of it). `ray`: run on Ray instead ("auto": a local
+    instance, else a cluster address; vla.eval.ray_runner), with `workers` simulator actors.
     """
     if workers < 1:
         raise EvalError(f"workers must be >= 1, got {workers}")
     stats = RunStats()
     if not episodes:
+        return stats
+    if ray is not None:  # the one place that chooses the backend
+        from vla.eval.ray_runner import run_on_ray
+
+        t0 = time.perf_counter()
+        run_on_ray(ray, episodes, slot_config, planner_spec, planner=planner, workers=workers,
+                   policy_in_workers=policy_in_workers, stats=stats, on_result=on_result,
+                   record=record or (lambda spec: False))  # fmt: skip
+        stats.wall_s = time.perf_counter() - t0
         return stats
     n = min(workers, len(episodes))
     central = None if policy_in_workers else (planner or planner_spec.build())

@@ -53,6 +53,7 @@ class CalvinEvalConfig:
     replan_steps: int | None = None  # actions executed per plan (default: the policy's n_action_steps)
     workers: int = 1
     policy_in_workers: bool = False
+    ray: str | None = None  # run on Ray: "auto" (a local instance) or a cluster address (vla.eval.ray_runner)
     videos: int = 0  # MP4s kept, failed chains first (static camera, rendered from saved states)
     video_chains: Sequence[int] | None = None  # chains whose video is always kept
     device: str = "cpu"

@@ -137,6 +137,7 @@ class LiberoEvalConfig:
     image_orientation: str | None = None  # "upright" | "rotated_180"
     workers: int = 1
     policy_in_workers: bool = False  # each worker loads its own policy (default: one batched policy)
+    ray: str | None = None  # run on Ray: "auto" (a local instance) or a cluster address (vla.eval.ray_runner)
     videos: int = 0  # MP4s kept, failures first (the agentview camera, rendered from saved states)
     video_size: int | None = None  # default: the env's image size, at most 128
     device: str = "cpu"
