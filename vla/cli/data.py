@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vla.datasets.convert import CONVERTERS
+from vla.datasets.export import EXPORTERS
 
 app = typer.Typer(help="Convert demonstrations into the vla store, inspect and validate stores.", no_args_is_help=True)
 console = Console()
@@ -86,6 +87,38 @@ def convert(
     table.add_row("tasks", str(len(store.tasks)))
     table.add_row("keys", ", ".join(store.keys))
     table.add_row("time", f"{summary.seconds:.1f} s ({summary.frames_per_second:.0f} frames/s)")
+    console.print(table)
+
+
+@app.command()
+def export(
+    store_path: Annotated[Path, typer.Argument(metavar="STORE", help="A store folder.")],
+    dst: Annotated[Path, typer.Argument(help="Output dataset folder (written as DST.partial, renamed when complete).")],
+    fmt: Annotated[str, typer.Option("--to", help=f"Target format: {', '.join(EXPORTERS.names())}.")] = ...,
+    images: Annotated[
+        str, typer.Option(help="Cameras as 'video' (lerobot's encoder, lossy) or 'png' (lossless frames).")
+    ] = "video",
+    vcodec: Annotated[
+        str | None, typer.Option(help="Video codec for lerobot's encoder (default: lerobot's, libsvtav1).")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="Task text for episodes the store gives no language.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace DST if it is a dataset of that format.")] = False,
+) -> None:
+    """Write a store as another toolkit's dataset (LeRobot v3, through lerobot's own writer)."""
+    from vla.datasets.export.lerobot import ExportOptions
+    from vla.datasets.store import Store
+
+    if fmt not in EXPORTERS:
+        raise typer.BadParameter(f"unknown format {fmt!r}; choose one of {', '.join(EXPORTERS.names())}", "--to")
+    store = Store(store_path)
+    options = ExportOptions(images=images, vcodec=vcodec, default_task=task, overwrite=overwrite)
+    summary = EXPORTERS.load(fmt)(store, dst, options)
+    table = Table(title=f"exported {store.path} -> {fmt}", show_header=False)
+    table.add_row("path", str(summary.path))
+    table.add_row("episodes", str(summary.episodes))
+    table.add_row("frames", str(summary.frames))
+    table.add_row("fps", str(summary.fps))
+    table.add_row("cameras", ", ".join(summary.cameras) + f" ({images})")
     console.print(table)
 
 
