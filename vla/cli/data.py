@@ -180,6 +180,34 @@ def info(
 
 
 @app.command()
+def view(
+    store_path: Annotated[Path, typer.Argument(metavar="STORE", help="A store folder.")],
+    episode: Annotated[
+        list[int] | None, typer.Option(help="Episode index to show (repeatable; default: every episode).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Recording file to write (default: <store name>.rrd in this folder).")
+    ] = None,
+    spawn: Annotated[bool, typer.Option(help="Open the rerun viewer instead of writing a file.")] = False,
+) -> None:
+    """Show a store in rerun: cameras, state and action curves per dimension, language and annotation windows.
+
+    Writes an .rrd recording (open it with `rerun FILE.rrd`), or with --spawn starts the viewer.
+    """
+    from vla.analysis.view import record_store
+    from vla.datasets.store import Store
+
+    store = Store(store_path)
+    target = None if spawn else (out or Path(f"{store.path.name.removesuffix('.zarr')}.rrd"))
+    try:
+        written = record_store(store, episode, target, spawn=spawn)
+    except IndexError as e:
+        raise typer.BadParameter(str(e), param_hint="--episode") from None
+    shown = f"episodes {', '.join(map(str, episode))}" if episode else f"all {store.num_episodes} episodes"
+    console.print(f"{shown} of {store.path} " + (f"written to {written}" if written else "sent to the viewer"))
+
+
+@app.command()
 def validate(store_path: Annotated[Path, typer.Argument(metavar="STORE", help="A store folder.")]) -> None:
     """Check a store against the schema: one line per problem, exit code 1 if there is any."""
     from vla.datasets.validate import validate_store
