@@ -40,3 +40,27 @@ def test_validate_a_non_store_exits_1(tmp_path):
 def test_unknown_format_is_a_usage_error(tmp_path):
     result = runner.invoke(app, ["data", "convert", "--from", "rosbag", str(tmp_path), str(tmp_path / "o")])
     assert result.exit_code == 2
+
+
+def test_eval_needs_a_policy_by_name(tmp_path):
+    """No silent random policy: --policy is required, and the random one is asked for by name."""
+    for bench, extra in (("libero", ["--suite", "libero_object"]), ("calvin", [])):
+        result = runner.invoke(app, ["eval", bench, *extra, "--out", str(tmp_path)])
+        assert result.exit_code == 2 and "--policy" in result.output, result.output
+        helped = runner.invoke(app, ["eval", bench, "--help"], terminal_width=200)
+        assert "'random'" in helped.output and "auto" in helped.output
+
+
+def test_device_auto_everywhere():
+    import torch
+
+    from vla.policies.pretrained import resolve_device
+
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu") or (
+        resolve_device("auto").type == "mps"
+    )
+    assert resolve_device("cpu") == torch.device("cpu")
+    for command in (["eval", "libero"], ["eval", "calvin"], ["deploy"], ["serve"], ["inspect", "routing"]):
+        helped = runner.invoke(app, [*command, "--help"], terminal_width=200)
+        text = " ".join(helped.output.split())
+        assert "--device" in text and "auto" in text, command
