@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from tqdm import tqdm
-
 from vla.datasets.convert import CONVERTERS
 from vla.datasets.declare import Declaration
 from vla.datasets.spec import StoreSpec
 from vla.datasets.store import PARTIAL_SUFFIX, Episode, Store, StoreWriter
 from vla.errors import DataError
+from vla.progress import progress_bar
 
 
 class Converter(Protocol):
@@ -101,7 +100,7 @@ def convert(
     total = converter.num_episodes()
     t0 = time.perf_counter()
     frames_before = writer.num_frames
-    bar = tqdm(total=total, initial=skipped, unit="ep", desc=f"convert {fmt}", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total, f"convert {fmt}", initial=skipped, unit="ep", disable=not progress)
     with bar:
         for ep in converter.episodes(start=skipped):
             writer.add_episode(ep)
