@@ -31,6 +31,7 @@ import numpy as np
 from vla.datasets.store import Store
 from vla.errors import DataError
 from vla.keys import IMAGE_PREFIX
+from vla.progress import progress_bar
 
 PARTIAL_SUFFIX = ".partial"
 MIN_AV1_WIDTH = 32  # libsvtav1 crashes lerobot's encoding worker on narrower frames (measured)
@@ -131,8 +132,11 @@ def _prepare_destination(dst: Path, overwrite: bool) -> Path:
     return tmp
 
 
-def export_lerobot(store: Store, dst: str | Path, options: ExportOptions | None = None, progress=None) -> ExportSummary:
+def export_lerobot(
+    store: Store, dst: str | Path, options: ExportOptions | None = None, progress: bool = True
+) -> ExportSummary:
     """Write `store` as a LeRobot v3 dataset at `dst` (through `<dst>.partial`)."""
+    import datasets
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     options = options or ExportOptions()
@@ -157,6 +161,9 @@ def export_lerobot(store: Store, dst: str | Path, options: ExportOptions | None 
         rgb_encoder=encoder,
     )
     keys = list(features)
+    bar = progress_bar(store.num_episodes, "export lerobot", unit="ep", disable=not progress)
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # lerobot's per-episode "Map" bars: ours counts episodes instead
     try:
         for index in range(store.num_episodes):
             ep = store.episode(index, keys=keys)
@@ -168,10 +175,12 @@ def export_lerobot(store: Store, dst: str | Path, options: ExportOptions | None 
                     frame[key] = np.asarray(ep.frames[key][t]).reshape(features[key]["shape"])
                 ds.add_frame(frame)
             ds.save_episode()
-            if progress is not None:
-                progress(index + 1, store.num_episodes)
+            bar.update(1)
     finally:
         ds.finalize()
+        bar.close()
+        if bars_were_on:
+            datasets.enable_progress_bars()
     if dst.exists():
         log.warning("replacing the LeRobot dataset at %s (--overwrite)", dst)
         shutil.rmtree(dst)
