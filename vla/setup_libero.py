@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from vla._env import apply_defaults, libero_config_dir
+from vla._env import apply_defaults, apply_offline_defaults, libero_config_dir
 
 
 def _package_dir(name: str) -> Path:
@@ -72,6 +72,7 @@ def link_assets() -> Path:
 
 def main() -> int:
     apply_defaults()
+    apply_offline_defaults()  # setting up links local files; it must never reach for the hub
     path = write_config(Path(os.environ["LIBERO_CONFIG_PATH"]))
     link = link_assets()
     print(f"setup_libero: config {path}; assets {link} -> {assets_dir()}")

@@ -254,7 +254,8 @@ def test_an_environment_that_cannot_be_built_stops_the_run(processes):
 def test_cli(tmp_path, resumed_run):
     cli = CliRunner()
     out = resumed_run[0]
-    args = ["--suite", SUITE, "--tasks", str(TASK), "--init-states", "0-3", "--max-steps", str(STEPS), "--seed", "3"]
+    args = ["--suite", SUITE, "--policy", "random", "--tasks", str(TASK), "--init-states", "0-3"]
+    args += ["--max-steps", str(STEPS), "--seed", "3"]
     done = cli.invoke(app, ["eval", "libero", *args, "--out", str(out), "--no-progress"])
     assert done.exit_code == 0, done.output
     assert "success rate 0.0% over 4 episodes" in done.output and "0 episodes run now, 4 from before" in done.output
@@ -264,5 +265,5 @@ def test_cli(tmp_path, resumed_run):
     assert helped.exit_code == 0
     for flag in ("--suite", "--tasks", "--trials-per-task", "--init-states", "--policy", "--workers", "--out"):
         assert flag in helped.output
-    bad = cli.invoke(app, ["eval", "libero", "--suite", "nope", "--out", str(tmp_path)])
+    bad = cli.invoke(app, ["eval", "libero", "--suite", "nope", "--policy", "random", "--out", str(tmp_path)])
     assert isinstance(bad.exception, SimError) and "valid suites" in str(bad.exception)

@@ -101,7 +101,7 @@ def test_demos_command_writes_files_that_convert_and_validate(camera_env, tmp_pa
     task = get_task(SUITE, TASK)
     out = tmp_path / "demos"
     args = ["demos", "--suite", SUITE, "--tasks", str(TASK), "--episodes", "1", "--init-states", "4-6"]
-    result = runner.invoke(sim_app, [*args, "--images", "--image-size", str(IMAGE_SIZE), str(out)])
+    result = runner.invoke(sim_app, [*args, "--images", "--image-size", str(IMAGE_SIZE), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "scripted expert: libero_object" in result.output and "100%" in result.output
     assert "│ all" in result.output  # the total row

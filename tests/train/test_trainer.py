@@ -191,3 +191,30 @@ def test_loader_workers_never_fork_the_training_process_and_give_the_same_losses
     monkeypatch.undo()
     train("mode", tiny_run(reach_store, tmp_path / "main", steps=4, num_workers=0), preset="cpu")
     assert _losses(tmp_path / "workers") == _losses(tmp_path / "main")
+
+
+def test_config_file_sets_every_field_and_flags_override_it(reach_store, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from vla.cli import app
+
+    out = tmp_path / "from_file"
+    settings = {
+        "data": [str(reach_store.path)], "out": str(out), "steps": 3, "batch_size": 8, "warmup_steps": 1,
+        "lr": 5e-4, "betas": [0.8, 0.9], "weight_decay": 0.01, "min_lr_ratio": 0.1, "keep_checkpoints": 1,
+        "save_every": 1, "log_every": 1, "progress": False, "policy": "mode", "preset": "cpu", "overrides": TINY,
+    }  # fmt: skip
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    result = CliRunner().invoke(app, ["train", "--config", str(path), "--lr", "1e-3"])  # the flag wins
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["lr"] == 1e-3 and saved["betas"] == [0.8, 0.9] and saved["weight_decay"] == 0.01
+    assert saved["min_lr_ratio"] == 0.1 and saved["keep_checkpoints"] == 1 and saved["steps"] == 3
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_000003"]  # keep_checkpoints: 1
+    assert json.loads((out / "last" / "config.json").read_text())["width"] == TINY["width"]
+
+    path.write_text(yaml.safe_dump({**settings, "lerning_rate": 1.0}))
+    bad = CliRunner().invoke(app, ["train", "--config", str(path)])
+    assert isinstance(bad.exception, TrainError) and "unknown key 'lerning_rate'" in str(bad.exception)

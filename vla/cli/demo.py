@@ -26,6 +26,9 @@ def demo(
     Stages reuse what an earlier run left in OUT, so an interrupted run continues. The default
     takes about 14 minutes on 2 free CPU cores (about 23 when they are busy).
     """
+    from vla._env import apply_offline_defaults
+
+    apply_offline_defaults()  # the demo builds everything locally; it must never wait on the network
     from vla.demo import DemoConfig, run_demo
     from vla.eval.episodes import parse_ids
 

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from vla.cli.options import DEVICE_HELP
+
 RayOption = Annotated[
     str | None,
     typer.Option(
@@ -29,7 +31,9 @@ def _group() -> None:
 def libero(
     suite: Annotated[str, typer.Option(help="LIBERO suite: libero_spatial|object|goal|10|90.")],
     out: Annotated[Path, typer.Option(help="Results folder: episodes.jsonl, summary.json, report.md, videos/.")],
-    policy: Annotated[str, typer.Option(help="Checkpoint directory, or 'random'.")] = "random",
+    policy: Annotated[
+        str, typer.Option(help="Checkpoint directory or run folder; 'random' for the random smoke-test policy.")
+    ],
     tasks: Annotated[str | None, typer.Option(help="Task ids, e.g. '0,3' or '0-4' (default: all).")] = None,
     preset: Annotated[str, typer.Option(help="Protocol preset: openpi | libero | mode.")] = "openpi",
     trials_per_task: Annotated[
@@ -48,7 +52,7 @@ def libero(
     seed: Annotated[int, typer.Option(help="The run's seed (policy sampling; env seed under 'libero').")] = 0,
     image_size: Annotated[int | None, typer.Option(help="Render size (default: checkpoint data, else preset).")] = None,
     videos: Annotated[int, typer.Option(help="MP4 videos to keep, failures first (renders agentview).")] = 0,
-    device: Annotated[str, typer.Option(help="Torch device of the policy.")] = "cpu",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     dynamic_horizon: Annotated[
         float | None,
         typer.Option(
@@ -98,8 +102,9 @@ def calvin(
         typer.Option(help="Results folder: episodes.jsonl (one line per chain), summary.json, report.md, videos/."),
     ],
     policy: Annotated[
-        str, typer.Option(help="Checkpoint directory (trained on a CALVIN store), or 'random'.")
-    ] = "random",
+        str,
+        typer.Option(help="Checkpoint directory (trained on a CALVIN store); 'random' for the random smoke test."),
+    ],
     chains: Annotated[
         int, typer.Option(help="Evaluate the first N of the 1000 reference chains (5 subtasks each).")
     ] = 1000,
@@ -118,7 +123,7 @@ def calvin(
     seed: Annotated[int, typer.Option(help="The run's seed (policy sampling, random policy).")] = 0,
     videos: Annotated[int, typer.Option(help="MP4 videos of chains to keep, failed chains first (static camera).")] = 0,
     video_chains: Annotated[str | None, typer.Option(help="Chain ids whose video is always kept, e.g. '0,5'.")] = None,
-    device: Annotated[str, typer.Option(help="Torch device of the policy.")] = "cpu",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     renderer: Annotated[str, typer.Option(help="Simulator renderer: egl (GPU, as the dataset) | tiny (CPU).")] = "egl",
     dynamic_horizon: Annotated[
         float | None,

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from vla.cli.options import DEVICE_HELP
+
 app = typer.Typer(help="Look inside a trained policy (expert routing, ...).", no_args_is_help=True)
 
 
@@ -23,7 +25,7 @@ def routing(
     windows: Annotated[int, typer.Option(help="Training windows to route, drawn at random from the stores.")] = 256,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed of the window draw and of the noise.")] = 0,
-    device: Annotated[str, typer.Option(help="Torch device of the policy.")] = "cpu",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Which experts fire, per layer, per embodiment, per task and per noise/time level.
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from vla.cli.options import DEVICE_HELP
 from vla.errors import VlaError
 
 app = typer.Typer(help="Real arms: calibration, teleoperation and arm description files.", no_args_is_help=True)
@@ -83,7 +84,7 @@ def deploy(
     seconds: float = typer.Option(30.0, help="length of each episode"),
     dry_run: bool = typer.Option(False, "--dry-run", help="rehearse against the emulator / simulator"),
     port: str | None = typer.Option(None, help="serial port or host (default: the arm file's)"),
-    device: str = typer.Option("cpu", help="torch device for --policy"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     embodiment: str | None = typer.Option(
         None, help="a policy trained on several robots: which one this arm is (default: the arm file's name)"
     ),
@@ -116,7 +117,7 @@ def serve(
     max_batch: int = typer.Option(8, help="most requests answered by one forward pass"),
     max_connections: int = typer.Option(32, min=1, help="most clients connected at once"),
     max_per_address: int = typer.Option(8, min=1, help="most clients connected at once from one address"),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     dynamic_horizon: float | None = typer.Option(
         None, "--dynamic-horizon", metavar="RATIO", help="mixture-of-horizons policies: dynamic inference ratio"
     ),

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -30,7 +29,7 @@ def tasks(suite: Annotated[str, typer.Argument(help="LIBERO suite, e.g. libero_o
 
 @app.command()
 def demos(
-    out: Annotated[Path, typer.Argument(help="Output folder: one <task_name>_demo.hdf5 (+ .json) per task.")],
+    out: Annotated[Path, typer.Option(help="Output folder: one <task_name>_demo.hdf5 (+ .json) per task.")],
     suite: Annotated[str, typer.Option(help="LIBERO suite.")] = "libero_object",
     task_ids: Annotated[str, typer.Option("--tasks", help="Task ids, e.g. '0,1' or '0-9'.")] = "0-9",
     episodes: Annotated[int, typer.Option(help="Successful demos wanted per task.")] = 10,
@@ -46,23 +45,21 @@ def demos(
     max_steps: Annotated[int | None, typer.Option(help="Step budget per episode (default: the suite's).")] = None,
 ) -> None:
     """Scripted pick-and-place demonstrations in LIBERO's dataset layout; only successes are kept."""
+    from vla.progress import progress_bar
     from vla.sim.scripted import collect_task, parse_ids
 
     ids = parse_ids(task_ids)
     init_ids = parse_ids(init_states)
     reports = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        for task_id in ids:
-            bar = progress.add_task(f"{suite} task {task_id}: building", total=episodes)
 
-            def tick(report: TaskReport, episode: object, bar: int = bar) -> None:
-                progress.update(
-                    bar,
-                    completed=report.successes,
-                    description=f"{suite} task {report.task_id}: {report.successes}/{report.attempts} ok",
-                )
+    for task_id in ids:
+        bar = progress_bar(episodes, f"{suite} task {task_id}", unit="demo")
 
+        def tick(report: TaskReport, episode: object, bar=bar) -> None:
+            bar.update(report.successes - bar.n)
+            bar.set_postfix(ok=f"{report.successes}/{report.attempts}")
+
+        with bar:
             reports.append(
                 collect_task(
                     suite,
@@ -79,8 +76,7 @@ def demos(
                 )
             )
             if reports[-1].skipped:
-                progress.update(bar, description=f"{suite} task {task_id}: skipped")
-            progress.stop_task(bar)  # freeze its clock: it would keep counting while later tasks run
+                bar.set_postfix(skipped=reports[-1].skipped[:60])
     console.print(results_table(suite, reports))
     if not any(r.successes for r in reports):
         raise typer.Exit(1)

@@ -33,6 +33,7 @@ from vla.eval.runner import RunStats, run_episodes
 from vla.eval.worker import SlotConfig
 from vla.keys import camera_name
 from vla.policies.runtime import PolicyPlanner, policy_decides_horizon
+from vla.progress import progress_bar
 
 RANDOM = "random"  # the --policy value of the random smoke-test planner
 
@@ -267,8 +268,6 @@ class EvalProtocol(ABC):
         """Run (or resume) the evaluation into `config.out`; returns the summary (also summary.json).
 
         `progress`: a progress bar with the running rates and throughput (stderr)."""
-        from tqdm import tqdm
-
         config = self.config
         plan = self.prepare()
         out = Path(config.out)
@@ -279,8 +278,8 @@ class EvalProtocol(ABC):
         keeper = VideoKeeper(out / VIDEO_DIR, max(config.videos, len(filmed)), self.fps)
         renderer = self.video_renderer(plan.factory)
         self.start_progress(plan, log, done_before)
-        bar = tqdm(total=len(plan.episodes), initial=done_before, desc=self.progress_label,
-                   disable=not progress, unit=self.bar_unit)  # fmt: skip
+        bar = progress_bar(len(plan.episodes), self.progress_label, initial=done_before, unit=self.bar_unit,
+                           disable=not progress)  # fmt: skip
 
         def on_result(result: EpisodeResult, states: np.ndarray | None, stats: RunStats) -> None:
             log.append(result)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from vla.datasets.normalize import MultiNormalizer, Normalizer
@@ -25,13 +26,17 @@ from vla.keys import ACTION_KEY, STATE_KEY, TASK_KEY
 from vla.policies.config import PolicyConfig
 from vla.policies.embodiment import EmbodimentTable
 from vla.policies.modules.moe import expert_parameters
-from vla.policies.pretrained import load_pretrained, save_pretrained
+from vla.policies.pretrained import hub_error, load_pretrained, resolve_pretrained, save_pretrained
 from vla.policies.routing import LayerRouting
 from vla.policies.runtime import ObservationHistory
 
 
-class Policy(nn.Module):
-    """Base policy. Subclasses implement `forward` (training loss) and `predict_chunk`."""
+class Policy(nn.Module, PyTorchModelHubMixin, library_name="vla", tags=["robotics", "vla"]):
+    """Base policy. Subclasses implement `forward` (training loss) and `predict_chunk`.
+
+    Checkpoints go through huggingface_hub's `PyTorchModelHubMixin` (`save_pretrained`, `push_to_hub`,
+    `from_pretrained` of a local directory or a Hub repo id) with our own files: `_save_pretrained` and
+    `_from_pretrained` are the readers and writers of vla.policies.pretrained."""
 
     config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
 
@@ -143,14 +148,52 @@ class Policy(nn.Module):
         }
 
     # --- checkpoints ----------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
-        """Write config.json, model.safetensors and normalization.json into `directory`.
+    def save_pretrained(
+        self, directory: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None, **hub_kwargs: Any
+    ) -> Path:
+        """Write config.json, model.safetensors and normalization.json (and a model card, README.md) into
+        `directory`; `hub_kwargs` are the mixin's (`push_to_hub=True, repo_id=...` uploads it).
 
         `state_dict`: weights to save instead of the module's own (the trainer saves EMA weights)."""
-        return save_pretrained(self, directory, state_dict)
+        self._weights_to_save = state_dict
+        try:
+            super().save_pretrained(directory, **hub_kwargs)
+        finally:
+            self._weights_to_save = None
+        return Path(directory)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        save_pretrained(self, save_directory, getattr(self, "_weights_to_save", None))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Policy:
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | Path, map_location: str | torch.device = "cpu", **hub_kwargs: Any
+    ) -> Policy:
+        """A checkpoint directory, or a Hub repo id ("owner/name", optionally revision=..., cache_dir=...):
+        resolved from the local Hugging Face cache, and downloaded only when the process is online."""
+        if Path(pretrained_model_name_or_path).exists():  # a local checkpoint: no hub machinery at all
+            return load_pretrained(pretrained_model_name_or_path, map_location, expected=cls)
+        try:
+            return super().from_pretrained(str(pretrained_model_name_or_path), map_location=map_location, **hub_kwargs)
+        except PolicyError:
+            raise
+        except Exception as e:  # the mixin's fetch of config.json: invalid id, offline without a cached copy, ...
+            raise hub_error(str(pretrained_model_name_or_path), e) from None
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        map_location: str | torch.device = "cpu",
+        **_: Any,  # the mixin's copy of config.json, and its other options: our reader reads the files itself
+    ) -> Policy:
+        directory = resolve_pretrained(model_id, revision, cache_dir, force_download, local_files_only, token)
         return load_pretrained(directory, map_location, expected=cls)
 
     # --- routing inspection (mixture-of-experts policies) ------------------------------------------------

@@ -51,6 +51,17 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 # --- the policy ---------------------------------------------------------------------------------------
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`--device auto`: the first GPU when there is one (CUDA, else Apple's MPS), else the CPU; any other
+    name is torch's."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+
+
 def save_pretrained(
     policy: Policy, directory: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None
 ) -> Path:
@@ -78,6 +89,7 @@ def load_pretrained(
     from vla.policies.registry import get_policy
 
     d = Path(directory)
+    map_location = resolve_device(map_location)
     if not (d / CONFIG_FILE).exists() or not (d / WEIGHTS_FILE).exists():
         raise PolicyError(f"{d} is not a policy checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
@@ -116,6 +128,47 @@ def load_pretrained(
         _check_normalizer(normalizer, config, norm_path)
         model.set_normalization(normalizer, _load_embodiments(d / EMBODIMENTS_FILE))
     return model.to(map_location)
+
+
+def resolve_pretrained(
+    model_id: str,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    force_download: bool = False,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+) -> Path:
+    """A checkpoint directory for `model_id`: the directory itself, or the Hub repo's snapshot (from the
+    local cache; downloaded only when the process is online and the cache lacks it)."""
+    if Path(model_id).is_dir():
+        return Path(model_id)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                model_id,
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                local_files_only=local_files_only,
+                token=token,
+            )
+        )
+    except Exception as e:  # invalid id, offline without a cached copy, unknown repo, network errors
+        raise hub_error(model_id, e) from None
+
+
+def hub_error(model_id: str, e: Exception) -> PolicyError:
+    from huggingface_hub.errors import HFValidationError
+
+    if isinstance(e, HFValidationError):
+        return PolicyError(f"{model_id}: no such checkpoint directory, and not a Hub repo id (owner/name)")
+    return PolicyError(
+        f"{model_id}: not a local checkpoint directory, and the Hub repo cannot be resolved "
+        f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); offline, it must be in the Hugging Face cache "
+        "(HF_HUB_CACHE)"
+    )
 
 
 def _check_local_paths(config: PolicyConfig, path: Path) -> None:

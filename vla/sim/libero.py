@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -91,12 +92,30 @@ def select_gl_backend() -> str | None:
 # --- LIBERO itself ------------------------------------------------------------------------------
 
 
+ROBOSUITE_LOGGER = "robosuite_logs"
+# What robosuite logs on import when it has no macros_private.py: advice for robosuite developers, three
+# warning lines in every worker's log. Its other messages pass.
+MACRO_ADVICE = ("No private macro file found", "It is recommended to use a private macro file", "To setup, run:")
+
+
+def _not_macro_advice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(MACRO_ADVICE)
+
+
+def quiet_robosuite_macros() -> None:
+    """Drop robosuite's macro-file advice (a filter on its logger, set before robosuite is imported)."""
+    logger = logging.getLogger(ROBOSUITE_LOGGER)
+    if _not_macro_advice not in logger.filters:
+        logger.addFilter(_not_macro_advice)
+
+
 @functools.cache
 def _libero() -> SimpleNamespace:
     """Import LIBERO once: config written (its import would prompt otherwise), assets located, GL chosen."""
     from vla import setup_libero
 
     select_gl_backend()
+    quiet_robosuite_macros()
     config = Path(os.environ["LIBERO_CONFIG_PATH"]) / "config.yaml"
     if not config.exists():
         setup_libero.write_config(config.parent)

@@ -1,23 +1,16 @@
-"""Small quaternion helpers shared by simulator code (x, y, z, w order, as PyBullet and robosuite use).
+"""Relative rotations between (x, y, z, w) quaternions (PyBullet's and robosuite's order), via scipy.
 
-Written out rather than taken from scipy, which is not a dependency of the package."""
+scipy's `Rotation` takes quaternions scalar-last by default, as both simulators give them; the
+helpers here only name the one composition the experts and the CALVIN oracle need.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
-CONJUGATE = np.array([-1.0, -1.0, -1.0, 1.0])  # q * CONJUGATE = q^-1 for a unit quaternion
 
-
-def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of (x, y, z, w) quaternions."""
-    ax, ay, az, aw = a
-    bx, by, bz, bw = b
-    return np.array(
-        [
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-            aw * bw - ax * bx - ay * by - az * bz,
-        ]
-    )
+def relative_rotation(target_xyzw: np.ndarray, current_xyzw: np.ndarray) -> Rotation:
+    """The world-frame rotation taking `current` onto `target` (target * current^-1)."""
+    target, current = (Rotation.from_quat(np.asarray(q, float)) for q in (target_xyzw, current_xyzw))
+    return target * current.inv()

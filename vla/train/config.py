@@ -17,6 +17,41 @@ class TrainError(VlaError):
     """A training run that cannot start or continue as asked; says what to change."""
 
 
+# Keys of a `vla train --config FILE.yaml` besides the TrainConfig fields: what to train.
+RUN_KEYS = {
+    "policy": "registered policy name",
+    "preset": "the policy config's preset",
+    "overrides": "policy config overrides (a mapping, as --set KEY=VALUE)",
+    "moh": "mixture of horizons (true/false)",
+    "horizons": "mixture-of-horizons horizon set, e.g. '3-30:3'",
+}
+
+
+def read_train_file(path: str | Path) -> dict[str, Any]:
+    """The settings of a YAML training file: TrainConfig fields and RUN_KEYS; anything else is refused by name."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise TrainError(f"{path}: cannot read as YAML ({' '.join(str(e).split())[:300]})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise TrainError(f"{path}: expected a mapping of settings (key: value), got {type(raw).__name__}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in raw:
+        if key not in fields and key not in RUN_KEYS:
+            valid = ", ".join(sorted(fields | set(RUN_KEYS)))
+            raise TrainError(f"{path}: unknown key {key!r}; valid keys: {valid}")
+    if "overrides" in raw and not isinstance(raw["overrides"], dict | None):
+        raise TrainError(
+            f"{path}: 'overrides' must be a mapping of policy config fields, e.g. overrides: {{width: 256}}"
+        )
+    return dict(raw)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data: tuple[str, ...]  # store paths, mixed by `weights`

@@ -3,6 +3,12 @@
 Written here rather than taken from torch's `AveragedModel` or diffusers' `EMAModel` because the
 shadow weights must save as a flat safetensors dict next to the model (no pickle) and the decay
 needs the (1 + t) / (10 + t) warm-up so short CPU runs do not evaluate a lagging average.
+
+diffusers' `EMAModel` (0.42, use_ema_warmup=False) was tried against this class and gives other
+numbers (tests/train/test_ema.py): its warm-up is shifted by one update (decay 0 on the first
+update, then 2/11, 3/12, ...; here 1/10, 2/11, ...), it averages parameters only (floating buffers
+are averaged here too), and its `s - (1 - d) * (s - p)` rounds differently from `lerp_` while
+1 - d >= 0.5. Switching would change every trained checkpoint's EMA weights, so this one stays.
 """
 
 from __future__ import annotations

@@ -33,7 +33,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
 from torch.utils.data import DataLoader, Sampler
-from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from vla.datasets.sampler import MixtureSampler
@@ -42,6 +41,7 @@ from vla.policies.modules.moe import MoELayer, drop_idle_expert_grads, experts_u
 from vla.policies.policy import Policy
 from vla.policies.pretrained import latest_checkpoint
 from vla.policies.registry import get_policy
+from vla.progress import progress_bar
 from vla.train import checkpoint as ckpt
 from vla.train.config import TrainConfig, TrainError
 from vla.train.data import DATA_FIELDS, TrainingData, build_training_data
@@ -273,7 +273,7 @@ def _run_steps(s: _Session, tc: TrainConfig) -> TrainResult:
     main = s.accelerator.is_main_process
     log = MetricsLog(tc.out_dir, s.start, enabled=main)
     result = TrainResult(tc.out_dir, s.resume_from, s.start, None, None, 0.0, 0.0, _param_counts(s.policy))
-    bar = tqdm(total=tc.steps, initial=s.start, desc="train", disable=not (tc.progress and main))
+    bar = progress_bar(tc.steps, "train", initial=s.start, unit="step", disable=not (tc.progress and main))
     s.model.train()
     window = _MetricsWindow()
     step = s.start

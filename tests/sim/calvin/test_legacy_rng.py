@@ -1,4 +1,4 @@
-"""The pure-Python legacy generator against numpy's RandomState (the reference RNG), and FNV-1."""
+"""The legacy generator wrapper against numpy's RandomState (the reference RNG), and FNV-1."""
 
 from __future__ import annotations
 
@@ -6,39 +6,37 @@ import numpy as np
 import pytest
 
 from vla.sim.calvin.chains import chains_for_state, quota
-from vla.sim.calvin.legacy_rng import LegacyRandom, fnv1_32, init_genrand
+from vla.sim.calvin.legacy_rng import LegacyRandom, fnv1_32
 from vla.sim.calvin.tasks import SUBTASKS, feasible_chain, initial_states
 
+# The 32-bit words of numpy's MT19937 seeded with 0, 1 and 2**32 - 1 (first five of each), as the
+# reference algorithm (Matsumoto & Nishimura's mt19937ar.c, init_genrand) gives them: the legacy
+# stream this wrapper stands for, pinned so a numpy that changed it would fail here.
+MT19937_WORDS = {
+    0: [2357136044, 2546248239, 3071714933, 3626093760, 2588848963],
+    1: [1791095845, 4282876139, 3093770124, 4005303368, 491263],
+    2**32 - 1: [419326371, 479346978, 3918654476, 2416749639, 3388880820],
+}
 
-@pytest.mark.parametrize("seed", [0, 1, 7, 191, 3910690890, 2**32 - 1])
-def test_seeding_is_numpy_integer_seeding(seed):
-    key = np.random.RandomState(seed).get_state()[1]
-    assert init_genrand(seed) == tuple(int(v) for v in key)
+
+@pytest.mark.parametrize("seed", sorted(MT19937_WORDS))
+def test_the_legacy_stream_is_mt19937(seed):
+    assert np.random.RandomState(seed).randint(0, 2**32, size=5, dtype=np.uint64).tolist() == MT19937_WORDS[seed]
 
 
 @pytest.mark.parametrize("seed", [0, 3, 55])
 def test_draws_match_numpy(seed):
     ours, ref = LegacyRandom(seed), np.random.RandomState(seed)
-    words = [ours.bits32() for _ in range(700)]  # crosses a 624-word block
-    assert words == ref.randint(0, 2**32, size=700, dtype=np.uint64).tolist()
     for _ in range(50):  # the first states' permutation draws, many blocks deep
         assert ours.permutation(34) == ref.permutation(34).tolist()
     assert ours.uniform(1.0, 2.0) == ref.uniform(1.0, 2.0)
     assert ours.random() == ref.random_sample()
-    items, ref_items = list(range(37)), list(range(37))
-    ours.shuffle(items)
+    items, ref_items = [(i, str(i)) for i in range(37)], list(range(37))
+    ours.shuffle(items)  # a list of tuples, as the chain shuffle has: same order as numbers
     ref.shuffle(ref_items)
-    assert items == ref_items
+    assert [i for i, _ in items] == ref_items
     assert ours.choice_without_replacement(34, 5) == ref.choice(34, size=5, replace=False).tolist()
-    assert [ours.interval(5) for _ in range(20)] == [int(ref.randint(0, 6)) for _ in range(20)]
-
-
-def test_a_permutation_crossing_the_word_buffer_stays_exact():
-    ours, ref = LegacyRandom(11), np.random.RandomState(11)
-    for _ in range(623):
-        assert ours.bits32() == int(ref.randint(0, 2**32, dtype=np.uint64))
-    ours._words, ours._pos = ours._words[: ours._pos + 3], ours._pos  # only 3 buffered words left
-    assert ours.permutation(34) == ref.permutation(34).tolist()
+    assert all(type(x) is int for x in ours.permutation(5)) and type(ours.uniform(0, 1)) is float
 
 
 def test_fnv1_vectors():

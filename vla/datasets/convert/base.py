@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from tqdm import tqdm
-
 from vla.datasets.convert import CONVERTERS
 from vla.datasets.declare import Declaration
 from vla.datasets.image_codecs import ImageCodec
 from vla.datasets.spec import StoreSpec
 from vla.datasets.store import PARTIAL_SUFFIX, Episode, Store, StoreWriter
 from vla.errors import DataError
+from vla.progress import progress_bar
 
 
 class Converter(Protocol):
@@ -129,7 +128,7 @@ def convert(
     total = converter.num_episodes()
     t0 = time.perf_counter()
     frames_before = writer.num_frames
-    bar = tqdm(total=total, initial=skipped, unit="ep", desc=f"convert {fmt}", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total, f"convert {fmt}", initial=skipped, unit="ep", disable=not progress)
     if workers > 1 and total - skipped > 1:
         from vla.datasets.convert.parallel import parallel_episodes
 

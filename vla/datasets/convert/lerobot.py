@@ -278,7 +278,9 @@ class LeRobotConverter:
         self.task_names = {int(i): str(text) for text, i in pairs}
         columns = ["index", "timestamp", "task_index", *self.lowdim_sources(), *self.image_cameras]
         # Raw numpy rows: images come back as uint8 HWC arrays, not lerobot's float CHW tensors.
-        self.rows = self.dataset.hf_dataset.with_format("numpy", columns=columns)
+        # dtype=None keeps each column's own dtype: the numpy formatter would cast float64 features
+        # to float32 and int32 ones to int64 (a float64 column lost its last bits, found by the export round trip).
+        self.rows = self.dataset.hf_dataset.with_format("numpy", columns=columns, dtype=None)
 
     # --- mapping source features to store keys ---------------------------------------------
     def _map_keys(self) -> None:

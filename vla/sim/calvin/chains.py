@@ -1,14 +1,13 @@
 """The 1000 CALVIN evaluation chains: the reference's seeded generation, and the shipped result.
 
-Generation (as the reference evaluation does it, with numpy's legacy generator re-done in pure
-Python, see `legacy_rng`): the 1000 chains are split over the 192 initial states in consecutive
-near-equal sections (40 states get 6, the rest 5); for state i the generator is seeded with i and
-draws 5 distinct subtasks until that many feasible chains were found (duplicates kept); the
-(state, chain) pairs, in state order, are then shuffled once with seed 0. Other totals give a
-different set, not a prefix, so only N = 1000 is generated and a smaller evaluation takes the
-first n of them.
+Generation (as the reference evaluation does it, with numpy's legacy generator, see `legacy_rng`):
+the 1000 chains are split over the 192 initial states in consecutive near-equal sections (40
+states get 6, the rest 5); for state i the generator is seeded with i and draws 5 distinct
+subtasks until that many feasible chains were found (duplicates kept); the (state, chain) pairs,
+in state order, are then shuffled once with seed 0. Other totals give a different set, not a
+prefix, so only N = 1000 is generated and a smaller evaluation takes the first n of them.
 
-Pure Python needs minutes for this (millions of rejected draws), so the result ships as
+Generation needs minutes (millions of rejected draws, each checked in Python), so the result ships as
 `data/eval_chains.json` (`python -m vla.sim.calvin.chains` regenerates it) and
 `evaluation_chains()` reads it.
 """

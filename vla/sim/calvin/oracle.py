@@ -17,7 +17,7 @@ import numpy as np
 
 from vla.sim.base import SimError
 from vla.sim.calvin.tasks import BLOCKS, SUBTASKS
-from vla.sim.rotations import CONJUGATE, quat_mul
+from vla.sim.rotations import relative_rotation
 
 Info = Mapping[str, Any]
 SLIDER_JOINT, DRAWER_JOINT = "base__slide", "base__drawer"
@@ -68,15 +68,7 @@ def _pos_change(start: Info, end: Info, name: str) -> np.ndarray:
 def relative_euler_xyz(start_orn: Sequence[float], end_orn: Sequence[float]) -> np.ndarray:
     """Degrees (x, y, z) of the rotation taking `start_orn` to `end_orn` (end * start^-1), as
     extrinsic x-y-z angles (R = Rz Ry Rx), the convention of the reference's scipy call."""
-    q0 = np.asarray(start_orn, float)
-    q1 = np.asarray(end_orn, float)
-    q0 = q0 / np.linalg.norm(q0)
-    q1 = q1 / np.linalg.norm(q1)
-    x, y, z, w = quat_mul(q1, q0 * CONJUGATE)
-    roll = np.arctan2(2 * (w * x + y * z), 1 - 2 * (x * x + y * y))
-    pitch = np.arcsin(np.clip(2 * (w * y - z * x), -1.0, 1.0))
-    yaw = np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
-    return np.degrees([roll, pitch, yaw])
+    return relative_rotation(end_orn, start_orn).as_euler("xyz", degrees=True)  # scipy normalises both
 
 
 # --- the base checks ----------------------------------------------------------------------------------

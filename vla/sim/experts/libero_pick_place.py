@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla.sim.libero import LiberoEnv, quat_to_axis_angle
-from vla.sim.rotations import CONJUGATE, quat_mul
+from vla.sim.libero import LiberoEnv
+from vla.sim.rotations import relative_rotation
 
 PREDICATES = ("in", "on")
 OPEN, CLOSE = -1.0, 1.0
@@ -35,8 +35,7 @@ DROP_TOLERANCE = 0.04  # the object moved this far relative to the hand: it slip
 
 def rotation_error(target_xyzw: np.ndarray, current_xyzw: np.ndarray) -> np.ndarray:
     """World-frame axis-angle rotating `current` onto `target` (the OSC controller's delta convention)."""
-    q = quat_mul(target_xyzw, current_xyzw * CONJUGATE)
-    return quat_to_axis_angle(q if q[3] >= 0 else -q)  # shortest way round
+    return relative_rotation(target_xyzw, current_xyzw).as_rotvec()  # scipy takes the shortest way round
 
 
 @dataclass
