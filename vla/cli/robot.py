@@ -120,12 +120,19 @@ def serve(
     dynamic_horizon: float | None = typer.Option(
         None, "--dynamic-horizon", metavar="RATIO", help="mixture-of-horizons policies: dynamic inference ratio"
     ),
+    protocol: str = typer.Option(
+        "openpi",
+        help="openpi: openpi's websocket protocol (openpi_client.WebsocketClientPolicy, `vla deploy --server "
+        "ws://HOST:PORT`, `vla eval --policy ws://HOST:PORT`); vla: the framed TCP protocol (`--server HOST:PORT`)",
+    ),
 ) -> None:
-    """Serve a checkpoint to remote deploy loops."""
+    """Serve a checkpoint to remote deploy loops, evaluation runs and openpi clients."""
     from vla.real_robot.deploy import load_policy_planner
     from vla.real_robot.server.protocol import join_address
-    from vla.real_robot.server.server import PolicyServer, ServerLimits, check_bind
+    from vla.real_robot.server.server import PROTOCOLS, PolicyServer, ServerLimits, check_bind
 
+    if protocol not in PROTOCOLS:
+        raise VlaError(f"--protocol {protocol!r}: choose one of {' | '.join(PROTOCOLS)}")
     try:  # a weak or missing token fails before the checkpoint is loaded
         check_bind(host, token)
     except ValueError as e:
@@ -133,9 +140,11 @@ def serve(
     planner = load_policy_planner(policy, device, dynamic_horizon)
     limits = ServerLimits(max_connections=max_connections, max_per_address=max_per_address)
     try:
-        server = PolicyServer(planner, host=host, port=port, token=token, max_batch=max_batch, limits=limits)
+        server = PolicyServer(planner, host=host, port=port, token=token, max_batch=max_batch, limits=limits,
+                              protocol=protocol)  # fmt: skip
     except (ValueError, OSError) as e:
         raise VlaError(f"cannot serve on {join_address(host, port)}: {e}") from None
     server.planner.warmup()
-    typer.echo(f"serving {policy} on {join_address(*server.address)}")
+    scheme = "ws://" if protocol == "openpi" else ""
+    typer.echo(f"serving {policy} on {scheme}{join_address(*server.address)} ({protocol} protocol)")
     server.serve_forever()
