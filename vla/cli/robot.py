@@ -69,9 +69,22 @@ def teleop_cmd(
 
 
 def deploy(
-    robot: str = typer.Option(..., "--robot", help="arm file (or built-in name: so101, koch, fr3)"),
+    robot: str = typer.Option(
+        ...,
+        "--robot",
+        help="arm file, built-in name (so101, koch, fr3), a LeRobot calibration file (its built-in "
+        "arm, calibrated), or lerobot:TYPE (LeRobot's own driver, e.g. lerobot:so101_follower, with --calibration)",
+    ),
+    calibration: str | None = typer.Option(
+        None, "--calibration", help="--robot lerobot:TYPE: LeRobot's calibration file of this arm (ID.json)"
+    ),
     policy: str | None = typer.Option(None, "--policy", help="checkpoint directory"),
-    server: str | None = typer.Option(None, "--server", help="HOST:PORT of a `vla serve`"),
+    server: str | None = typer.Option(
+        None,
+        "--server",
+        help="ws://HOST:PORT of a `vla serve` (or any openpi policy server), or HOST:PORT of a "
+        "`vla serve --protocol vla`",
+    ),
     token: str | None = typer.Option(None, "--token", envvar="VLA_SERVE_TOKEN"),
     camera: Annotated[list[str] | None, typer.Option("--camera", help="NAME=INDEX_OR_FILE, repeatable")] = None,
     fps: float | None = typer.Option(None, "--fps", help="control rate (default: the arm file's)"),
@@ -97,7 +110,8 @@ def deploy(
     from vla.real_robot.deploy import deploy as run_deploy
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
-    opts = DeployOptions(robot=robot, policy=policy, server=server, token=token, cameras=list(camera or []), fps=fps,
+    opts = DeployOptions(robot=robot, calibration=calibration, policy=policy, server=server, token=token,
+                         cameras=list(camera or []), fps=fps,
                          merge=merge, ensemble_k=ensemble_k, record=record, task=task, episodes=episodes,
                          seconds=seconds, dry_run=dry_run, port=port, device=device,
                          embodiment=embodiment, dynamic_horizon=dynamic_horizon)  # fmt: skip

@@ -42,8 +42,9 @@ class WebsocketPlanner:
 
         headers = {"Authorization": f"Api-Key {self.api_key}"} if self.api_key else None
         try:
+            # Entered as a context manager (closed by close()): websockets 17 warns on a bare connect().
             ws = connect(self.uri, compression=None, max_size=None, additional_headers=headers,
-                         open_timeout=self.timeout_s)  # fmt: skip
+                         open_timeout=self.timeout_s).__enter__()  # fmt: skip
             metadata = unpack(ws.recv(timeout=self.timeout_s))
         except (OSError, TimeoutError, WireError) as e:
             raise PolicyError(f"policy server {self.uri}: {type(e).__name__}: {e}") from None
