@@ -113,3 +113,15 @@ def test_vla_serve_evaluated_through_a_websocket_policy(tmp_path: Path) -> None:
     assert server.stats["requests"] == sum(r["policy_calls"] for r in rows) > 0
     assert isinstance(wrong.exception, EvalError) and "401" in str(wrong.exception)
     assert TOKEN not in (tmp_path / "eval" / "summary.json").read_text()
+
+
+def test_a_diffusion_policy_reads_its_observation_history(tmp_path: Path) -> None:
+    """n_obs_steps=2: the harness's (B, 2, ...) history reaches LeRobot's offline predict_action_chunk."""
+    from vla.testing.lerobot_policy import write_tiny_diffusion
+
+    planner = build_foreign(f"lerobot:{write_tiny_diffusion(tmp_path / 'dp', 8, 7, AGENTVIEW)}")
+    assert planner.n_obs == 2 and planner.native_config.chunk_size == 4
+    batch = {AGENTVIEW: np.zeros((3, 2, 48, 48, 3), np.uint8), "observation.state": np.zeros((3, 2, 8), np.float32),
+             "task": ["a", "b", "c"]}  # fmt: skip
+    plan = planner.plan(batch)
+    assert plan.actions.shape == (3, 4, 7) and np.all(np.abs(plan.actions) <= 1.0 + 1e-6)

@@ -94,7 +94,13 @@ def _planner(opts: DeployOptions, spec: ArmSpec, stack: contextlib.ExitStack) ->
             stack.callback(remote.close)
             info = remote.hello()  # the served policy's sizes, checked like a local one's before the arm moves
         except (ValueError, OSError, RemoteError) as e:
-            raise VlaError(f"policy server {opts.server}: {e}") from None
+            hint = (
+                ""
+                if isinstance(e, ValueError)
+                else " (`vla serve` speaks openpi's protocol unless given "
+                "--protocol vla: for it, pass --server ws://HOST:PORT)"
+            )
+            raise VlaError(f"policy server {opts.server}: {e}{hint}") from None
         _check_cameras(info.get("camera_keys"), opts, f"the policy served at {opts.server}")
         _check_fits(info.get("action_dim"), info.get("state_dim"), spec, f"the policy served at {opts.server}")
         return remote

@@ -52,3 +52,42 @@ def write_tiny_act(
     pre.save_pretrained(directory)
     post.save_pretrained(directory)
     return directory
+
+
+def write_tiny_diffusion(directory: Path, state_dim: int, action_dim: int, camera: str, size: int = 32) -> Path:
+    """A tiny LeRobot Diffusion Policy reading two observation frames (n_obs_steps=2), random weights."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+    from lerobot.policies.factory import make_pre_post_processors
+
+    inputs = {camera: PolicyFeature(FeatureType.VISUAL, (3, size, size)),
+              "observation.state": PolicyFeature(FeatureType.STATE, (state_dim,))}  # fmt: skip
+    config = DiffusionConfig(
+        input_features=inputs,
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (action_dim,))},
+        n_obs_steps=2,
+        horizon=8,
+        n_action_steps=4,
+        down_dims=(16, 32),
+        pretrained_backbone_weights=None,
+        crop_shape=None,
+        num_inference_steps=2,
+        use_group_norm=True,
+        spatial_softmax_num_keypoints=8,
+        diffusion_step_embed_dim=16,
+        device="cpu",
+    )
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(config)
+    bounds = {"min": -torch.ones(action_dim), "max": torch.ones(action_dim)}
+    stats = {
+        camera: {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.25)},
+        "observation.state": {"min": -torch.ones(state_dim), "max": torch.ones(state_dim)},
+        "action": bounds,
+    }
+    pre, post = make_pre_post_processors(config, dataset_stats=stats)
+    directory.mkdir(parents=True, exist_ok=True)
+    for part in (policy, pre, post):
+        part.save_pretrained(directory)
+    return directory
