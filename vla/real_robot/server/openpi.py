@@ -10,7 +10,7 @@ error) and the connection carries on. The token travels as `Authorization: Api-K
 The guarantees of the framed protocol hold here too: admission (connection caps, lock-out after wrong
 tokens) runs before the handshake is read; the token is checked in the HTTP handshake, before any message
 is read, and the handshake must be complete within the auth timeout; after that a message may hold at most
-MAX_FRAME bytes, at most two are buffered per connection, and one must arrive within the idle timeout.
+MAX_FRAME bytes, at most one is buffered per connection, and one must arrive within the idle timeout.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class OpenpiFront:
             sock=sock,
             compression=None,  # as openpi: images are already dense, deflate costs latency
             max_size=MAX_FRAME,
-            max_queue=2,  # bounded memory: at most two whole messages buffered per connection
+            max_queue=1,  # bounded memory: one message buffered per connection besides the one being answered
             open_timeout=lim.auth_timeout_s,
             ping_interval=None,  # the idle timeout below ends silent peers
             close_timeout=1.0,
