@@ -22,6 +22,7 @@ from vla.real_robot.deploy import DeployOptions, deploy, make_safety
 from vla.real_robot.drivers import make_robot
 from vla.real_robot.emulator import ServoBusEmulator
 from vla.real_robot.loop import ControlLoop, LoopConfig
+from vla.real_robot.recorder import store_spec
 from vla.real_robot.server.server import PolicyServer
 from vla.real_robot.units import UnitAdapter, UnitError, unit_factors
 from vla.real_robot.workers import ScheduledWorker
@@ -110,6 +111,9 @@ def test_units_convert_or_refuse() -> None:
                           np.full(6, np.pi / 180))  # fmt: skip
     out = planner({"observation.state": np.full(6, np.pi / 2)})  # 90 degrees in, 180 degrees out
     assert np.allclose(out, np.pi)
+    recorded = store_spec(lerobot_arm, 30.0, {})  # what `vla deploy --record` writes: the arm's units
+    assert [d.unit for d in recorded.action] == ["deg"] * 5 + ["normalized_0_100"]
+    assert np.all(unit_factors(recorded, lerobot_arm)[0] == 1.0)
 
 
 def test_deploy_refuses_lerobot_units_on_a_radians_arm_before_it_moves(tmp_path: Path) -> None:
