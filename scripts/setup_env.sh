@@ -29,5 +29,8 @@ echo "setup: creating $VENV with $PY (first run takes a few minutes, ~8 GB)"
 # One resolver pass for the whole stack (see pyproject.toml).
 "$VENV/bin/python" -m pip install --quiet --progress-bar off -e ".[dev]"
 "$VENV/bin/python" -m vla.setup_libero
+# openpi's own client, for the compatibility test of `vla serve`: kept as a wheel beside the venv and put on
+# sys.path by that test only, never installed (it pins numpy<2; the two modules the test uses need no numpy 1).
+"$VENV/bin/python" -m pip download --quiet --no-deps --dest "$VENV/test-wheels" "openpi-client==0.1.2"
 echo "$want" > "$stamp"
 echo "setup: done"

@@ -19,6 +19,11 @@ RayOption = Annotated[
     ),
 ]
 
+POLICY_HELP = (
+    "Checkpoint directory, 'random', lerobot:DIR (a LeRobot policy saved with its processors) or "
+    "ws://HOST:PORT (an openpi-style policy server, e.g. `vla serve`)."
+)
+
 app = typer.Typer(help="Evaluate a policy in a simulator with a published protocol.", no_args_is_help=True)
 
 
@@ -31,9 +36,7 @@ def _group() -> None:
 def libero(
     suite: Annotated[str, typer.Option(help="LIBERO suite: libero_spatial|object|goal|10|90.")],
     out: Annotated[Path, typer.Option(help="Results folder: episodes.jsonl, summary.json, report.md, videos/.")],
-    policy: Annotated[
-        str, typer.Option(help="Checkpoint directory or run folder; 'random' for the random smoke-test policy.")
-    ],
+    policy: Annotated[str, typer.Option(help=POLICY_HELP)],
     tasks: Annotated[str | None, typer.Option(help="Task ids, e.g. '0,3' or '0-4' (default: all).")] = None,
     preset: Annotated[str, typer.Option(help="Protocol preset: openpi | libero | mode.")] = "openpi",
     trials_per_task: Annotated[
@@ -62,6 +65,9 @@ def libero(
             "disagreement stays below RATIO x that of the first steps (the paper sweeps 1.1-1.4).",
         ),
     ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="VLA_SERVE_TOKEN", help="--policy ws://...: the server's api key.")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out (else start over).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with the running success rate.")] = True,
 ) -> None:
@@ -88,6 +94,7 @@ def libero(
         videos=videos,
         device=device,
         dynamic_horizon=dynamic_horizon,
+        api_key=api_key,
         resume=resume,
     )
     summary = protocol(config).run(progress)
@@ -103,7 +110,9 @@ def calvin(
     ],
     policy: Annotated[
         str,
-        typer.Option(help="Checkpoint directory (trained on a CALVIN store); 'random' for the random smoke test."),
+        typer.Option(
+            help="Checkpoint directory (trained on a CALVIN store); " + POLICY_HELP[len("Checkpoint directory, ") :]
+        ),
     ],
     chains: Annotated[
         int, typer.Option(help="Evaluate the first N of the 1000 reference chains (5 subtasks each).")
@@ -130,6 +139,9 @@ def calvin(
         typer.Option(
             "--dynamic-horizon", metavar="RATIO", help="Mixture-of-horizons checkpoints: dynamic inference ratio."
         ),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="VLA_SERVE_TOKEN", help="--policy ws://...: the server's api key.")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out (else start over).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with the running rates.")] = True,
@@ -164,6 +176,7 @@ def calvin(
         device=device,
         renderer=renderer,
         dynamic_horizon=dynamic_horizon,
+        api_key=api_key,
         resume=resume,
     )
     summary = protocol(config).run(progress)

@@ -70,9 +70,22 @@ def teleop_cmd(
 
 
 def deploy(
-    robot: str = typer.Option(..., "--robot", help="arm file (or built-in name: so101, koch, fr3)"),
+    robot: str = typer.Option(
+        ...,
+        "--robot",
+        help="arm file, built-in name (so101, koch, fr3), a LeRobot calibration file (its built-in "
+        "arm, calibrated), or lerobot:TYPE (LeRobot's own driver, e.g. lerobot:so101_follower, with --calibration)",
+    ),
+    calibration: str | None = typer.Option(
+        None, "--calibration", help="--robot lerobot:TYPE: LeRobot's calibration file of this arm (ID.json)"
+    ),
     policy: str | None = typer.Option(None, "--policy", help="checkpoint directory"),
-    server: str | None = typer.Option(None, "--server", help="HOST:PORT of a `vla serve`"),
+    server: str | None = typer.Option(
+        None,
+        "--server",
+        help="ws://HOST:PORT of a `vla serve` (or any openpi policy server), or HOST:PORT of a "
+        "`vla serve --protocol vla`",
+    ),
     token: str | None = typer.Option(None, "--token", envvar="VLA_SERVE_TOKEN"),
     camera: Annotated[list[str] | None, typer.Option("--camera", help="NAME=INDEX_OR_FILE, repeatable")] = None,
     fps: float | None = typer.Option(None, "--fps", help="control rate (default: the arm file's)"),
@@ -98,7 +111,8 @@ def deploy(
     from vla.real_robot.deploy import deploy as run_deploy
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
-    opts = DeployOptions(robot=robot, policy=policy, server=server, token=token, cameras=list(camera or []), fps=fps,
+    opts = DeployOptions(robot=robot, calibration=calibration, policy=policy, server=server, token=token,
+                         cameras=list(camera or []), fps=fps,
                          merge=merge, ensemble_k=ensemble_k, record=record, task=task, episodes=episodes,
                          seconds=seconds, dry_run=dry_run, port=port, device=device,
                          embodiment=embodiment, dynamic_horizon=dynamic_horizon)  # fmt: skip
@@ -121,12 +135,19 @@ def serve(
     dynamic_horizon: float | None = typer.Option(
         None, "--dynamic-horizon", metavar="RATIO", help="mixture-of-horizons policies: dynamic inference ratio"
     ),
+    protocol: str = typer.Option(
+        "openpi",
+        help="openpi: openpi's websocket protocol (openpi_client.WebsocketClientPolicy, `vla deploy --server "
+        "ws://HOST:PORT`, `vla eval --policy ws://HOST:PORT`); vla: the framed TCP protocol (`--server HOST:PORT`)",
+    ),
 ) -> None:
-    """Serve a checkpoint to remote deploy loops."""
+    """Serve a checkpoint to remote deploy loops, evaluation runs and openpi clients."""
     from vla.real_robot.deploy import load_policy_planner
     from vla.real_robot.server.protocol import join_address
-    from vla.real_robot.server.server import PolicyServer, ServerLimits, check_bind
+    from vla.real_robot.server.server import PROTOCOLS, PolicyServer, ServerLimits, check_bind
 
+    if protocol not in PROTOCOLS:
+        raise VlaError(f"--protocol {protocol!r}: choose one of {' | '.join(PROTOCOLS)}")
     try:  # a weak or missing token fails before the checkpoint is loaded
         check_bind(host, token)
     except ValueError as e:
@@ -134,9 +155,11 @@ def serve(
     planner = load_policy_planner(policy, device, dynamic_horizon)
     limits = ServerLimits(max_connections=max_connections, max_per_address=max_per_address)
     try:
-        server = PolicyServer(planner, host=host, port=port, token=token, max_batch=max_batch, limits=limits)
+        server = PolicyServer(planner, host=host, port=port, token=token, max_batch=max_batch, limits=limits,
+                              protocol=protocol)  # fmt: skip
     except (ValueError, OSError) as e:
         raise VlaError(f"cannot serve on {join_address(host, port)}: {e}") from None
     server.planner.warmup()
-    typer.echo(f"serving {policy} on {join_address(*server.address)}")
+    scheme = "ws://" if protocol == "openpi" else ""
+    typer.echo(f"serving {policy} on {scheme}{join_address(*server.address)} ({protocol} protocol)")
     server.serve_forever()

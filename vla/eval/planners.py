@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from vla.policies.foreign import build_foreign, is_foreign
 from vla.policies.runtime import Plan, PolicyPlanner
 
 
@@ -60,7 +61,7 @@ class RandomPlanner:
 class PlannerSpec:
     """How to build a planner, picklable so that worker processes can each build their own."""
 
-    policy: str  # "random" or a checkpoint directory
+    policy: str  # "random", a checkpoint directory, "lerobot:DIR" or "ws://HOST:PORT" (vla.policies.foreign)
     replan_steps: int | None = None
     action_low: tuple[float, ...] = ()  # the random planner's bounds
     action_high: tuple[float, ...] = ()
@@ -68,14 +69,21 @@ class PlannerSpec:
     seed: int = 0
     dynamic_horizon: float | None = None  # MoH dynamic inference threshold ratio (None: off)
     embodiment: str | None = None  # the env's robot, for multi-embodiment (slot-layout) policies
+    api_key: str | None = None  # a websocket policy server's (`ws://`)
 
     @property
     def is_random(self) -> bool:
         return self.policy == "random"
 
+    @property
+    def is_foreign(self) -> bool:
+        return is_foreign(self.policy)
+
     def build(self) -> Planner:
         if self.is_random:
             return RandomPlanner(self.action_low, self.action_high, self.replan_steps or 1)
+        if self.is_foreign:
+            return build_foreign(self.policy, self.device, self.replan_steps, self.api_key)
         import torch
 
         torch.manual_seed(self.seed)

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from vla.datasets.spec import StoreSpec
+from vla.errors import PolicyError
 from vla.eval.episodes import EpisodeResult, EpisodeSpec, EvalError
 from vla.eval.fit import check_policy_fits
 from vla.eval.planners import PlannerSpec
@@ -32,6 +33,7 @@ from vla.eval.results import ResultsLog, finish_run, start_run
 from vla.eval.runner import RunStats, run_episodes
 from vla.eval.worker import SlotConfig
 from vla.keys import camera_name
+from vla.policies.foreign import is_foreign
 from vla.policies.runtime import PolicyPlanner, policy_decides_horizon
 from vla.progress import progress_bar
 
@@ -193,6 +195,7 @@ class EvalProtocol(ABC):
             config.seed,
             config.dynamic_horizon,
             None if layout is None else layout.name,
+            getattr(config, "api_key", None),
         )
         planner = policy.planner if policy.planner is not None else planner_spec.build()
         settings = self.settings(policy, replan)
@@ -228,6 +231,15 @@ class EvalProtocol(ABC):
             if config.dynamic_horizon is not None:
                 raise EvalError("--dynamic-horizon needs a mixture-of-horizons checkpoint, not the random policy")
             return ResolvedPolicy(RANDOM)
+        if is_foreign(given):  # lerobot:DIR, ws://HOST:PORT: their own loaders, no data spec
+            if config.dynamic_horizon is not None:
+                raise EvalError("--dynamic-horizon needs a mixture-of-horizons checkpoint of ours")
+            spec = PlannerSpec(given, device=config.device, seed=config.seed, api_key=getattr(config, "api_key", None))
+            try:
+                planner = spec.build()
+            except PolicyError as e:
+                raise EvalError(str(e)) from None
+            return ResolvedPolicy(given, planner, planner.native_config)
         if not Path(given).is_dir():
             raise EvalError(f"--policy {given!r}: not a checkpoint directory (or 'random')")
         # Checkpoint code (and torch) loads here, in the driver: worker processes import this module for

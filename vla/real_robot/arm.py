@@ -15,6 +15,9 @@ import yaml
 from vla.errors import VlaError
 
 ARMS_DIR = Path(__file__).parent / "arms"
+LEROBOT_PREFIX = "lerobot:"  # `--robot lerobot:TYPE`: LeRobot's driver for that robot type (arms/lerobot_TYPE.yaml)
+# Joint units an arm file may declare (LeRobot's motor normalisations included), see vla.real_robot.units.
+UNITS = ("rad", "deg", "m", "normalized_0_100", "normalized_-100_100")
 
 
 class ArmFileError(VlaError):
@@ -32,6 +35,7 @@ class JointSpec:
     offset: int = 2048  # calibration: the tick reading at the joint's zero
     sign: int = 1
     max_step: float = 0.2  # largest change of the command per control tick
+    unit: str = "rad"  # of low/high/max_step and of every value read or sent: rad | deg | m | normalized_0_100 ...
 
     def problems(self) -> list[str]:
         where = f"joint {self.name!r}"
@@ -42,6 +46,8 @@ class JointSpec:
             out.append(f"{where} low ({self.low}) must be below high ({self.high})")
         if _finite(self.max_step) and not self.max_step > 0:
             out.append(f"{where} max_step: must be above 0, got {self.max_step}")
+        if self.unit not in UNITS:
+            out.append(f"{where} unit: {self.unit!r} is not one of {', '.join(UNITS)}")
         if self.sign not in (1, -1) or isinstance(self.sign, bool):
             out.append(f"{where} sign: must be 1 or -1, got {self.sign!r}")
         for key, v in (("id", self.id), ("offset", self.offset)):
@@ -191,8 +197,12 @@ class ArmSpec:
         return spec
 
 
-def load_arm(path_or_name: str | Path) -> ArmSpec:
-    """Read an arm file (.yaml/.yml/.json), or a built-in one by name (so101, koch, fr3)."""
+def load_arm(path_or_name: str | Path, calibration: str | Path | None = None) -> ArmSpec:
+    """Read an arm file (.yaml/.yml/.json), a built-in one by name (so101, koch, fr3), LeRobot's driver for a
+    robot type (`lerobot:so101_follower`; `calibration`: its LeRobot calibration file), or a LeRobot
+    calibration file (the built-in arm with the same motors, calibrated from it)."""
+    if str(path_or_name).startswith(LEROBOT_PREFIX):
+        return _lerobot_arm(str(path_or_name).removeprefix(LEROBOT_PREFIX), calibration)
     path = Path(path_or_name)
     if not path.exists() and (ARMS_DIR / f"{path_or_name}.yaml").exists():
         path = ARMS_DIR / f"{path_or_name}.yaml"
@@ -206,7 +216,64 @@ def load_arm(path_or_name: str | Path) -> ArmSpec:
         raise ArmFileError(f"{path}: unreadable arm file ({e})") from None
     if not isinstance(data, dict):
         raise ArmFileError(f"{path}: an arm file must hold a mapping at the top level")
-    return ArmSpec.from_dict(data, source=str(path))
+    if is_lerobot_calibration(data):
+        return arm_from_lerobot_calibration(data, source=str(path))
+    spec = ArmSpec.from_dict(data, source=str(path))
+    if spec.driver == "lerobot" and calibration is not None:
+        spec = spec.replace(extra={**spec.extra, "calibration": str(calibration)})
+    return spec
+
+
+def is_lerobot_calibration(data: dict[str, Any]) -> bool:
+    """LeRobot's calibration JSON: motor name -> {id, drive_mode, homing_offset, range_min, range_max}."""
+    keys = {"id", "drive_mode", "homing_offset", "range_min", "range_max"}
+    return bool(data) and all(isinstance(v, dict) and set(v) == keys for v in data.values())
+
+
+def arm_from_lerobot_calibration(data: dict[str, Any], source: str = "<dict>", margin: float = 0.05) -> ArmSpec:
+    """Our built-in arm with the same motors, calibrated from LeRobot's calibration file.
+
+    LeRobot writes each motor's homing offset into the servo, so the ticks it reports are already homed, and
+    records the range of motion in those ticks; its degrees are (ticks - middle of the range) * 360 / 4095.
+    Our zero is that middle (offset), our limits the range less `margin` of it at each end, in radians."""
+    names = set(data)
+    bases = [load_arm(p) for p in sorted(ARMS_DIR.glob("*.yaml")) if not p.stem.startswith("lerobot_")]
+    bases = [b for b in bases if set(b.joint_names) == names and b.driver in ("feetech", "dynamixel")]
+    # SO-101 and Koch share motor names: LeRobot keeps the file under calibration/robots/<type>/, which says.
+    bases.sort(key=lambda b: (b.name not in source, b.name != "so101"))
+    if bases:
+        base = bases[0]
+    else:
+        raise ArmFileError(f"{source}: a LeRobot calibration for motors {sorted(names)}, which match no built-in "
+                           "arm; write an arm file for this arm")  # fmt: skip
+    scale = 2 * math.pi / base.ticks_per_rev
+    joints = []
+    for j in base.joints:
+        c = data[j.name]
+        lo, hi = c["range_min"], c["range_max"]
+        if not (_integer(lo) and _integer(hi) and _integer(c["id"]) and lo < hi):
+            raise ArmFileError(f"{source}: {j.name}: range_min/range_max/id must be integers with range_min < "
+                               f"range_max, got {lo!r}, {hi!r}, {c['id']!r}")  # fmt: skip
+        mid, half = (lo + hi) / 2, (hi - lo) / 2 * (1 - 2 * margin)
+        joints.append(dataclasses.replace(j, id=c["id"], offset=round(mid), sign=-1 if c["drive_mode"] else 1,
+                                          low=round(-half * scale, 4), high=round(half * scale, 4)))  # fmt: skip
+    spec = base.replace(joints=tuple(joints), extra={**base.extra, "lerobot_calibration": source})
+    problems = spec.problems()
+    if problems:
+        raise ArmFileError(f"{source}: " + "; ".join(problems))
+    return spec
+
+
+def _lerobot_arm(kind: str, calibration: str | Path | None) -> ArmSpec:
+    path = ARMS_DIR / f"lerobot_{kind}.yaml"
+    if not path.exists():
+        builtin = sorted(p.stem.removeprefix("lerobot_") for p in ARMS_DIR.glob("lerobot_*.yaml"))
+        raise ArmFileError(
+            f"lerobot:{kind}: no built-in description (built-in: {', '.join(builtin)}); for another LeRobot robot "
+            "write an arm file with `driver: lerobot`, `extra: {type: TYPE}` and its joints, limits and units"
+        )
+    spec = load_arm(path)
+    return spec if calibration is None else spec.replace(extra={**spec.extra, "calibration": str(calibration)})
 
 
 def save_arm(spec: ArmSpec, path: str | Path) -> Path:

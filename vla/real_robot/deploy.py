@@ -6,7 +6,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,7 @@ log = logging.getLogger("vla.real_robot.deploy")
 class DeployOptions:
     robot: str
     policy: str | None = None
+    calibration: str | None = None  # --robot lerobot:TYPE: LeRobot's calibration file of this arm
     server: str | None = None
     token: str | None = None
     leader: str | None = None  # teleoperation: a leader arm file instead of a policy
@@ -72,7 +73,19 @@ def _planner(opts: DeployOptions, spec: ArmSpec, stack: contextlib.ExitStack) ->
         _check_cameras(native.camera_keys, opts)
         planner.warmup(opts.task)
         _check_fits(native.action_dim, native.state_dim, spec, "policy")
-        return planner
+        return _in_arm_units(planner, opts.policy, opts.embodiment or spec.name, spec)
+    if opts.server and opts.server.startswith(("ws://", "wss://")):  # `vla serve` (openpi protocol) or openpi's
+        from vla.errors import PolicyError
+        from vla.policies.foreign.websocket import WebsocketPlanner
+
+        try:
+            ws = WebsocketPlanner(opts.server, api_key=opts.token)
+        except PolicyError as e:
+            raise VlaError(str(e)) from None
+        stack.callback(ws.close)
+        _check_cameras(ws.config.camera_keys, opts, f"the policy served at {opts.server}")
+        _check_fits(ws.config.action_dim, ws.config.state_dim, spec, f"the policy served at {opts.server}")
+        return _WebsocketStream(ws)
     if opts.server:
         from vla.real_robot.server.client import RemoteError, RemotePlanner
 
@@ -81,7 +94,13 @@ def _planner(opts: DeployOptions, spec: ArmSpec, stack: contextlib.ExitStack) ->
             stack.callback(remote.close)
             info = remote.hello()  # the served policy's sizes, checked like a local one's before the arm moves
         except (ValueError, OSError, RemoteError) as e:
-            raise VlaError(f"policy server {opts.server}: {e}") from None
+            hint = (
+                ""
+                if isinstance(e, ValueError)
+                else " (`vla serve` speaks openpi's protocol unless given "
+                "--protocol vla: for it, pass --server ws://HOST:PORT)"
+            )
+            raise VlaError(f"policy server {opts.server}: {e}{hint}") from None
         _check_cameras(info.get("camera_keys"), opts, f"the policy served at {opts.server}")
         _check_fits(info.get("action_dim"), info.get("state_dim"), spec, f"the policy served at {opts.server}")
         return remote
@@ -92,6 +111,42 @@ def _planner(opts: DeployOptions, spec: ArmSpec, stack: contextlib.ExitStack) ->
     leader.connect()
     stack.callback(leader.disconnect)
     return LeaderPlanner(leader)
+
+
+class _WebsocketStream:
+    """The deploy loop's planner over a websocket planner: one stream, one connection, all actions."""
+
+    def __init__(self, ws: Any):
+        self.ws, self.episode = ws, 0
+
+    def __call__(self, obs: dict[str, Any]) -> np.ndarray:
+        batch: dict[str, Any] = {k: [np.asarray(obs[k])[None]] for k in self.ws.obs_keys}
+        batch["task"] = [str(obs.get("task", ""))]
+        batch["episode_id"] = [str(self.episode)]
+        chunk = self.ws.plan(batch).actions[0]
+        return chunk
+
+    def reset(self) -> None:
+        self.episode += 1  # a new connection: a fresh observation history on the server
+
+
+def _in_arm_units(planner: Any, checkpoint: str, embodiment: str, spec: ArmSpec) -> Any:
+    """The planner, converting units where the training data's differ from the arm's (refused where no factor
+    converts them: vla.real_robot.units)."""
+    from vla.policies.pretrained import load_data_spec
+    from vla.real_robot.units import UnitAdapter, UnitError, unit_factors
+
+    data_spec = load_data_spec(checkpoint, embodiment)
+    if data_spec is None:
+        return planner
+    try:
+        action, state = unit_factors(data_spec, spec)
+    except UnitError as e:
+        raise VlaError(f"{checkpoint}: {e}") from None
+    if np.all(action == 1.0) and (state is None or np.all(state == 1.0)):
+        return planner
+    log.warning("converting units between the policy's data and arm %s: actions x %s", spec.name, action.tolist())
+    return UnitAdapter(planner, action, state)
 
 
 def _check_cameras(camera_keys: object, opts: DeployOptions, who: str = "the policy") -> None:
@@ -129,7 +184,9 @@ def load_policy_planner(
 def deploy(opts: DeployOptions) -> list[LoopReport]:
     if len([x for x in (opts.policy, opts.server, opts.leader) if x]) != 1:  # before touching the arm
         raise VlaError("give exactly one of --policy CKPT_DIR, --server HOST:PORT or --leader ARM_FILE")
-    spec = load_arm(opts.robot)
+    spec = load_arm(opts.robot, calibration=opts.calibration)
+    if spec.driver == "lerobot" and not spec.extra.get("calibration"):  # before any policy or server is touched
+        raise VlaError(f"{opts.robot}: LeRobot's driver needs the arm's calibration file: pass --calibration ID.json")
     fps = opts.fps or spec.rate_hz
     reports = []
     with contextlib.ExitStack() as stack:

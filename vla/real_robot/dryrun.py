@@ -16,6 +16,10 @@ EMULATOR_LATENCY_MS = 50.0
 @contextlib.contextmanager
 def emulated(spec: ArmSpec) -> Iterator[tuple[ArmSpec, str]]:
     """Yield (spec for the stand-in, port or host to connect to)."""
+    if spec.driver == "lerobot":  # LeRobot's own motor bus on our emulated servos (the arm file names the model)
+        with ServoBusEmulator(table_for(spec.model), [j.id for j in spec.joints]) as emu:
+            yield spec, emu.port
+        return
     if spec.driver in ("feetech", "dynamixel"):
         offsets = {j.offset for j in spec.joints}
         with ServoBusEmulator(table_for(spec.model), [j.id for j in spec.joints], start_ticks=min(offsets)) as emu:

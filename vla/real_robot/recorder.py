@@ -16,7 +16,7 @@ from vla.real_robot.workers import Observation
 def store_spec(arm: ArmSpec, fps: float, cameras: dict[str, tuple[int, int]], source: str = "robot") -> StoreSpec:
     """`cameras`: name -> (height, width) of the frames as recorded."""
     dims = tuple(
-        DimSpec(j.name, kind="gripper" if "gripper" in j.name else "joint_pos", unit="rad", low=j.low, high=j.high)
+        DimSpec(j.name, kind="gripper" if "gripper" in j.name else "joint_pos", unit=j.unit, low=j.low, high=j.high)
         for j in arm.joints
     )
     return StoreSpec(

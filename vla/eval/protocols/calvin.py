@@ -62,6 +62,7 @@ class CalvinEvalConfig:
     backend: BackendFactory | None = None
     renderer: str = "egl"  # calvin_env's renderer: "egl" | "tiny" (CPU)
     dynamic_horizon: float | None = None
+    api_key: str | None = None  # --policy ws://...: the policy server's api key (never recorded)
     resume: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -142,6 +142,7 @@ class LiberoEvalConfig:
     video_size: int | None = None  # default: the env's image size, at most 128
     device: str = "cpu"
     dynamic_horizon: float | None = None  # MoH policies: dynamic inference with this threshold ratio
+    api_key: str | None = None  # --policy ws://...: the policy server's api key (never recorded)
     resume: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # recorded as-is (e.g. who launched it)
 

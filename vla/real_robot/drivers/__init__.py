@@ -16,6 +16,7 @@ DRIVERS = Registry(
         "feetech": "vla.real_robot.drivers.servo_bus:ServoBusArm",
         "dynamixel": "vla.real_robot.drivers.servo_bus:ServoBusArm",
         "franka": "vla.real_robot.drivers.franka:FrankaArm",
+        "lerobot": "vla.real_robot.drivers.lerobot_robot:LeRobotArm",  # any robot of lerobot.robots
     },
 )
 

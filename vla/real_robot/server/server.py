@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("vla.real_robot.server")
 
 MIN_TOKEN = 16
+PROTOCOLS = ("vla", "openpi")  # the framed TCP protocol of this module; openpi's websocket protocol (openpi.py)
 
 
 def is_loopback(host: str) -> bool:
@@ -175,7 +176,10 @@ class PolicyServer:
         max_batch: int = 8,
         batch_wait_s: float = 0.003,
         limits: ServerLimits | None = None,
+        protocol: str = "vla",
     ):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r} ({' | '.join(PROTOCOLS)})")
         host = host.removeprefix("[").removesuffix("]")
         self._token = check_bind(host, token)  # before binding: a weak public server never opens
         self.planner = planner
@@ -193,7 +197,13 @@ class PolicyServer:
         self._gate = _Gate(self.limits)
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
-        self._tcp = self._make_tcp_server(host, port)
+        self.protocol = protocol
+        if protocol == "openpi":
+            from vla.real_robot.server.openpi import OpenpiFront
+
+            self._tcp: Any = OpenpiFront(self, host, port, _family(host, port))
+        else:
+            self._tcp = self._make_tcp_server(host, port)
         self.address: tuple[str, int] = self._tcp.server_address[:2]
         self._threads = [
             threading.Thread(target=self._tcp.serve_forever, name="serve", daemon=True),
@@ -322,9 +332,7 @@ class PolicyServer:
             elif kind == "infer":
                 obs: dict[str, Any] = decode_arrays(header, payload, self.schema)
                 obs[TASK_KEY] = check_task(header)
-                fut: Future = Future()
-                self._queue.put(_Request(obs, history, fut), timeout=5.0)
-                actions = fut.result(timeout=60.0)
+                actions = self.submit(obs, history).result(timeout=60.0)
                 self.stats["requests"] += 1
                 sock.sendall(encode({"type": "result", "id": msg_id}, {"actions": actions.astype(np.float32)}))
             else:
@@ -343,6 +351,12 @@ class PolicyServer:
         return {"camera_keys": list(native.camera_keys), "state_dim": native.state_dim, "action_dim": native.action_dim}
 
     # --- batching ----------------------------------------------------------------------------------
+    def submit(self, obs: dict[str, Any], history: Any) -> Future:
+        """Queue one checked observation for the batcher; the future holds the actions to execute."""
+        fut: Future = Future()
+        self._queue.put(_Request(obs, history, fut), timeout=5.0)
+        return fut
+
     def _batcher(self) -> None:
         while not self._stop.is_set():
             try:
@@ -387,8 +401,14 @@ class PolicyServer:
 
     def close(self) -> None:
         self._stop.set()
+        while True:  # requests the batcher will not take any more: their connections end now
+            try:
+                self._queue.get_nowait().future.set_exception(ConnectionError("server closed"))
+            except queue.Empty:
+                break
         self._tcp.shutdown()
-        self._tcp.server_close()
+        if self.protocol == "vla":
+            self._tcp.server_close()
         with self._open_lock:  # wake the connection threads blocked in a read: they end at once
             for sock in self._open:
                 with contextlib.suppress(OSError):
