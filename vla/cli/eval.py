@@ -47,6 +47,15 @@ def libero(
             "disagreement stays below RATIO x that of the first steps (the paper sweeps 1.1-1.4).",
         ),
     ] = None,
+    perturb: Annotated[
+        str | None,
+        typer.Option(
+            metavar="objects=D",
+            help="Perturbed layouts: every movable object of each initial state moved D metres in a random "
+            "direction (kept apart and on the surface; recorded in the settings and per episode).",
+        ),
+    ] = None,
+    perturb_seed: Annotated[int, typer.Option(help="Seed of the --perturb directions (same seed: same layouts).")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out (else start over).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with the running success rate.")] = True,
 ) -> None:
@@ -72,6 +81,8 @@ def libero(
         videos=videos,
         device=device,
         dynamic_horizon=dynamic_horizon,
+        perturb=perturb,
+        perturb_seed=perturb_seed,
         resume=resume,
     )
     summary = protocol(config).run(progress)
