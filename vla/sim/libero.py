@@ -220,6 +220,7 @@ class LiberoEnv(SimEnv):
         # Perturbed layouts (vla.sim.perturb): the fixed initial states with the objects displaced.
         self.perturbation = perturbation if perturbation is not None and perturbation.objects > 0 else None
         self._perturbed: dict[int, np.ndarray] = {}
+        self._reset_once = False
         self.displacements: dict[int, dict[str, list[float]]] = {}  # per init state id: object -> (dx, dy)
         self.raw_obs: dict[str, Any] = {}  # robosuite's last observation (object poses etc.)
         self.steps = 0
@@ -277,6 +278,7 @@ class LiberoEnv(SimEnv):
     def load_state(self, state: np.ndarray) -> None:
         """Reset robosuite and set a flattened state, without settling (`reset` settles after this)."""
         self._env.reset()
+        self._reset_once = True
         self._reset_gripper_commands()
         self.raw_obs = self._env.set_init_state(np.asarray(state))
 
@@ -396,6 +398,9 @@ class LiberoEnv(SimEnv):
         renderer, record `sim_state()` per step, and only the episodes worth keeping are drawn."""
         if camera not in self.cameras:
             raise SimError(f"this environment renders {self.cameras or 'no cameras'}; build it with {camera!r}")
+        if not self._reset_once:  # a never-reset robosuite model draws slightly differently (fixed at reset)
+            self._env.reset()
+            self._reset_once = True
         self._claim_render_context()
         sim = self.robosuite_env.sim
         frames = []
