@@ -17,7 +17,8 @@ def demo(
         bool,
         typer.Option(
             help="Vision-language demo: MoDE on the agentview and wrist cameras (64 px, rendered afterwards from "
-            "the demos' saved states) + instruction + state; about 30 minutes on 2 free cores."
+            "the demos' saved states) + instruction + state; estimated at about 30 minutes on 2 free cores "
+            "(docs/vision_demo.md)."
         ),
     ] = False,
     workers: Annotated[
