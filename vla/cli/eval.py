@@ -68,6 +68,15 @@ def libero(
     api_key: Annotated[
         str | None, typer.Option(envvar="VLA_SERVE_TOKEN", help="--policy ws://...: the server's api key.")
     ] = None,
+    perturb: Annotated[
+        str | None,
+        typer.Option(
+            metavar="objects=D",
+            help="Perturbed layouts: every movable object of each initial state moved D metres in a random "
+            "direction (kept apart and on the surface; recorded in the settings and per episode).",
+        ),
+    ] = None,
+    perturb_seed: Annotated[int, typer.Option(help="Seed of the --perturb directions (same seed: same layouts).")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out (else start over).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with the running success rate.")] = True,
 ) -> None:
@@ -95,6 +104,8 @@ def libero(
         device=device,
         dynamic_horizon=dynamic_horizon,
         api_key=api_key,
+        perturb=perturb,
+        perturb_seed=perturb_seed,
         resume=resume,
     )
     summary = protocol(config).run(progress)

@@ -43,10 +43,26 @@ def demos(
     image_size: Annotated[int, typer.Option(help="Square camera resolution.")] = 128,
     seed: Annotated[int, typer.Option(help="Seeds the expert's per-episode variation.")] = 0,
     max_steps: Annotated[int | None, typer.Option(help="Step budget per episode (default: the suite's).")] = None,
+    perturb: Annotated[
+        str | None,
+        typer.Option(
+            metavar="objects=D",
+            help="Start from perturbed layouts (as `vla eval libero --perturb`): the expert's success rate on "
+            "them says whether they are still solvable.",
+        ),
+    ] = None,
+    perturb_seed: Annotated[int, typer.Option(help="Seed of the --perturb directions.")] = 0,
 ) -> None:
-    """Scripted pick-and-place demonstrations in LIBERO's dataset layout; only successes are kept."""
+    """Scripted pick-and-place demonstrations in LIBERO's dataset layout; only successes are kept.
+
+    The table gives the expert's success rate with a Wilson 95% interval; with --episodes N
+    --max-attempts N --init-states of N ids each state is tried exactly once (a feasibility check).
+    """
     from vla.progress import progress_bar
+    from vla.sim.perturb import parse_perturbation
     from vla.sim.scripted import collect_task, parse_ids
+
+    perturbation = parse_perturbation(perturb, perturb_seed) if perturb else None
 
     ids = parse_ids(task_ids)
     init_ids = parse_ids(init_states)
@@ -72,6 +88,7 @@ def demos(
                     image_size=image_size,
                     seed=seed,
                     max_steps=max_steps,
+                    perturbation=perturbation,
                     on_episode=tick,
                 )
             )
@@ -98,7 +115,7 @@ def results_table(suite: str, reports: list[TaskReport]) -> Table:
             r.task_name,
             str(r.successes),
             str(r.attempts),
-            f"{r.success_rate:.0%}",
+            _rate(r.successes, r.attempts),
             steps,
             f"{r.seconds:.0f} s",
             failed,
@@ -112,12 +129,19 @@ def results_table(suite: str, reports: list[TaskReport]) -> Table:
         f"{_tasks(len(tried))} attempted" + (f", {skipped} skipped" if skipped else ""),
         str(successes),
         str(attempts),
-        f"{successes / attempts:.0%}" if attempts else "-",
+        _rate(successes, attempts) if attempts else "-",
         "",
         f"{sum(r.seconds for r in tried):.0f} s",
         "",
     )
     return table
+
+
+def _rate(successes: int, attempts: int) -> str:
+    from vla.eval.statistics import wilson_interval
+
+    lo, hi = wilson_interval(successes, attempts)
+    return f"{successes / attempts:.0%} [{lo:.0%}, {hi:.0%}]"
 
 
 def _tasks(n: int) -> str:

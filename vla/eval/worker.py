@@ -112,16 +112,21 @@ class EpisodeSlot:
         assert self.env is not None and self.spec is not None
         self.calls += 1
         n = int(min(max(n_exec, 1), len(actions)))  # at least one step, or a plan could never end the episode
+        # An env that renders on demand draws its cameras only for the frames the next plan reads: the last
+        # n_obs of this chunk (earlier ones would leave the history before any plan saw them).
+        lazy = getattr(self.env, "renders_on_demand", False)
         for i in range(n):
+            seen = not lazy or i >= n - self.config.n_obs
             try:
-                result = self.env.step(actions[i])
+                result = self.env.step(actions[i]) if seen else self.env.step(actions[i], images=False)
             except Exception as e:
                 self.discarded += n - i
                 return self._done(False, e)
             self.steps += 1
             self.stage_steps += 1
             self.executed += 1
-            self.history.push(result.obs)
+            if seen:
+                self.history.push(result.obs)
             self._keep_state(self.env)
             if result.success or self.stage_steps >= self.env.max_steps:
                 self.discarded += n - i - 1

@@ -1,8 +1,11 @@
 """LIBERO tasks behind the `SimEnv` interface, observing exactly what converted LIBERO stores hold.
 
-Built on LIBERO's own environments (`OffScreenRenderEnv` with cameras; its base `ControlEnv` with
-the off-screen renderer off when no camera is asked for, which is ~10x faster) and its benchmark
-suites and fixed initial states. Per episode: reset, set initial state `k` of the task's 50, run
+Built on LIBERO's own `ControlEnv` (the off-screen renderer on only when a camera is asked for) and
+its benchmark suites and fixed initial states. Cameras are drawn by us from the simulator state at the
+end of each step, only for the steps that need them (`step(action, images=False)` skips them; with
+software rendering one camera costs ~5x a physics step), so a frame rendered live equals a frame
+re-rendered later from the saved state (`render_states`), which is how demos get their images.
+Per episode: reset, set initial state `k` of the task's 50, run
 `settle_steps` of `settle_action` (not counted), then the policy's steps.
 
 Observations and actions follow LIBERO's conventions (`vla.datasets.conventions.libero`, shared with
@@ -35,6 +38,7 @@ from vla.datasets.conventions.libero import ACTION_DIM, CAMERAS, GRIPPER_STATE_K
 from vla.datasets.spec import ORIENTATIONS, StoreSpec
 from vla.keys import STATE_KEY, camera_key
 from vla.sim.base import Obs, SimEnv, SimError, StepResult
+from vla.sim.perturb import Perturbation
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 # Step budgets per suite as openpi evaluates (the most common protocol in recent papers).
@@ -125,11 +129,9 @@ def _libero() -> SimpleNamespace:
         libero_root._assets_path_cache = str(setup_libero.assets_dir())
     import robosuite.macros as macros
     from libero.libero import benchmark
-    from libero.libero.envs.env_wrapper import ControlEnv, OffScreenRenderEnv
+    from libero.libero.envs.env_wrapper import ControlEnv
 
-    return SimpleNamespace(
-        benchmark=benchmark, ControlEnv=ControlEnv, OffScreenRenderEnv=OffScreenRenderEnv, macros=macros
-    )
+    return SimpleNamespace(benchmark=benchmark, ControlEnv=ControlEnv, macros=macros)
 
 
 @functools.cache
@@ -195,6 +197,7 @@ class LiberoEnv(SimEnv):
         max_steps: int | None = None,
         hard_reset: bool = False,
         seed: int | None = None,
+        perturbation: Perturbation | None = None,
     ):
         unknown = [c for c in cameras if c not in CAMERAS]
         if unknown:
@@ -223,16 +226,21 @@ class LiberoEnv(SimEnv):
             "hard_reset": hard_reset,
             "ignore_done": True,  # the step budget is ours; robosuite would raise past its horizon
         }
-        if self.cameras:
-            kwargs["camera_names"] = [CAMERAS[c] for c in self.cameras]
-            self._env = lib.OffScreenRenderEnv(**kwargs)
-        else:  # no renderer at all: the fast state-only mode
-            kwargs.update(has_renderer=False, has_offscreen_renderer=False, use_camera_obs=False, camera_names=[])
-            self._env = lib.ControlEnv(**kwargs)
+        # Cameras are rendered by us, from the simulator state at the end of each step, and only when asked
+        # (`step(..., images=False)` skips them): robosuite would render every camera at every step, and
+        # from a state part-way through the step, which no saved `states` array can reproduce.
+        kwargs.update(has_renderer=False, has_offscreen_renderer=bool(self.cameras), use_camera_obs=False)
+        kwargs["camera_names"] = [CAMERAS[c] for c in self.cameras]
+        self._env = lib.ControlEnv(**kwargs)
         self._opencv = lib.macros.IMAGE_CONVENTION == "opencv"
         if seed is not None:
             self._env.seed(seed)  # LIBERO seeds numpy's global generator
         self.seed = seed
+        # Perturbed layouts (vla.sim.perturb): the fixed initial states with the objects displaced.
+        self.perturbation = perturbation if perturbation is not None and perturbation.objects > 0 else None
+        self._perturbed: dict[int, np.ndarray] = {}
+        self._reset_once = False
+        self.displacements: dict[int, dict[str, list[float]]] = {}  # per init state id: object -> (dx, dy)
         self.raw_obs: dict[str, Any] = {}  # robosuite's last observation (object poses etc.)
         self.steps = 0
         self.init_state_id: int | None = None
@@ -249,6 +257,7 @@ class LiberoEnv(SimEnv):
                 "max_steps": self._max_steps,
                 "hard_reset": hard_reset,
                 "seed": seed,
+                "perturbation": None if self.perturbation is None else self.perturbation.to_json(),
             },
         )
 
@@ -269,34 +278,56 @@ class LiberoEnv(SimEnv):
     def num_init_states(self) -> int:
         return len(self._init_states)
 
-    def reset(self, init_state_id: int | None = 0, *, state: np.ndarray | None = None) -> Obs:
-        """Episode from fixed initial state `init_state_id`, or from an explicit flattened `state`
-        (e.g. a perturbed layout); then the settle steps."""
+    def reset(self, init_state_id: int | None = 0, *, state: np.ndarray | None = None, images: bool = True) -> Obs:
+        """Episode from fixed initial state `init_state_id` (displaced when the env has a perturbation),
+        or from an explicit flattened `state`; then the settle steps."""
         if state is None:
             if init_state_id is None or not 0 <= init_state_id < self.num_init_states:
                 raise SimError(f"init_state_id {init_state_id} out of range 0..{self.num_init_states - 1}")
-            state = self._init_states[init_state_id]
+            state = self._init_states[init_state_id] if self.perturbation is None else self.layout(init_state_id)
         else:
             init_state_id = None
-        self._env.reset()
-        self._claim_render_context()
-        self._reset_gripper_commands()
-        self.raw_obs = self._env.set_init_state(np.asarray(state))
+        self.load_state(state)
         self.init_state_id = init_state_id
         for _ in range(self.settle_steps):
             self.raw_obs, _, _, _ = self._env.step(self.settle_action)
         self.steps = 0
-        return self.store_obs(self.raw_obs)
+        return self.store_obs(self.raw_obs, images)
 
-    def step(self, action: np.ndarray) -> StepResult:
+    def load_state(self, state: np.ndarray) -> None:
+        """Reset robosuite and set a flattened state, without settling (`reset` settles after this)."""
+        self._env.reset()
+        self._reset_once = True
+        self._reset_gripper_commands()
+        self.raw_obs = self._env.set_init_state(np.asarray(state))
+
+    def layout(self, init_state_id: int) -> np.ndarray:
+        """Initial state `init_state_id` as this env's episodes start from it (perturbed or not)."""
+        if self.perturbation is None:
+            return self._init_states[init_state_id]
+        if init_state_id not in self._perturbed:
+            from vla.sim.perturb import displace_objects, layout_rng
+
+            p = self.perturbation
+            rng = layout_rng(p.seed, self.task.task_id, init_state_id)
+            state, shifts = displace_objects(self, self._init_states[init_state_id], p.objects, rng)
+            self._perturbed[init_state_id], self.displacements[init_state_id] = state, shifts
+        return self._perturbed[init_state_id]
+
+    @property
+    def renders_on_demand(self) -> bool:
+        """Whether `step(action, images=False)` skips the cameras (the eval worker uses it for frames no
+        plan will read)."""
+        return bool(self.cameras)
+
+    def step(self, action: np.ndarray, images: bool = True) -> StepResult:
         action = np.asarray(action, np.float64).reshape(-1)
         if action.shape != (ACTION_DIM,) or not np.isfinite(action).all():
             raise SimError(f"action must be {ACTION_DIM} finite numbers, got {action.tolist()}")
-        self._claim_render_context()
         self.raw_obs, reward, done, _ = self._env.step(action)
         self.steps += 1
         info = {"step": self.steps, "reward": float(reward), "truncated": self.steps >= self._max_steps}
-        return StepResult(self.store_obs(self.raw_obs), bool(done), info)
+        return StepResult(self.store_obs(self.raw_obs, images), bool(done), info)
 
     def _claim_render_context(self) -> None:
         # robosuite renders into whichever GL context is current, and only makes its own current when
@@ -325,7 +356,9 @@ class LiberoEnv(SimEnv):
             env.close()
 
     # --- observations -----------------------------------------------------------------------------
-    def store_obs(self, raw: dict[str, Any]) -> Obs:
+    def store_obs(self, raw: dict[str, Any], images: bool = True) -> Obs:
+        """The store's keys from robosuite's observation; cameras rendered now (into `raw` too, under
+        robosuite's names) unless `images` is False."""
         grip = np.array(raw["robot0_gripper_qpos"], np.float64)
         state = np.concatenate([raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]), grip])
         obs: Obs = {
@@ -333,9 +366,21 @@ class LiberoEnv(SimEnv):
             JOINT_STATE_KEY: np.array(raw["robot0_joint_pos"], np.float64),
             GRIPPER_STATE_KEY: grip,
         }
-        for cam in self.cameras:
-            obs[camera_key(cam)] = self.frame(raw[f"{CAMERAS[cam]}_image"])
+        if images and self.cameras:
+            self._claim_render_context()
+            # After mj_step the body poses lag the integrated state by one substep; recompute them so the
+            # frame shows the saved state exactly (robosuite runs forward before every substep anyway).
+            self.robosuite_env.sim.forward()
+            for cam in self.cameras:
+                raw[f"{CAMERAS[cam]}_image"] = self._render(cam)
+                obs[camera_key(cam)] = self.frame(raw[f"{CAMERAS[cam]}_image"])
         return obs
+
+    def _render(self, camera: str) -> np.ndarray:
+        """One camera at the current simulator state, as robosuite's camera sensor returns it."""
+        h, w = self.image_hw
+        img = self.robosuite_env.sim.render(camera_name=CAMERAS[camera], width=w, height=h)
+        return img[::-1] if self._opencv else img  # MuJoCo draws bottom row first ("opengl")
 
     def raw_frame(self, raw: np.ndarray) -> np.ndarray:
         """A render in LIBERO's dataset convention ("opengl": upside down), whatever robosuite's macro says."""
@@ -372,11 +417,16 @@ class LiberoEnv(SimEnv):
         renderer, record `sim_state()` per step, and only the episodes worth keeping are drawn."""
         if camera not in self.cameras:
             raise SimError(f"this environment renders {self.cameras or 'no cameras'}; build it with {camera!r}")
+        if not self._reset_once:  # a never-reset robosuite model draws slightly differently (fixed at reset)
+            self._env.reset()
+            self._reset_once = True
         self._claim_render_context()
+        sim = self.robosuite_env.sim
         frames = []
         for state in states:
-            raw = self._env.regenerate_obs_from_state(np.asarray(state))
-            frames.append(self.frame(raw[f"{CAMERAS[camera]}_image"]))
+            sim.set_state_from_flattened(np.asarray(state))
+            sim.forward()  # positions only: nothing else of robosuite's observation is needed for a picture
+            frames.append(self.frame(self._render(camera)))
         return np.stack(frames)
 
     def model_xml(self) -> str:

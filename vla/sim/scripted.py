@@ -29,6 +29,7 @@ from vla.datasets.libero_hdf5 import LiberoHdf5Writer
 from vla.sim.base import SimError
 from vla.sim.experts.libero_pick_place import PickPlaceExpert, pick_place_goal
 from vla.sim.libero import LiberoEnv, get_task, quat_to_axis_angle
+from vla.sim.perturb import Perturbation
 
 EXPERT = "libero_pick_place/v1"
 
@@ -114,15 +115,23 @@ def collect_task(
     image_size: int = 128,
     seed: int = 0,
     max_steps: int | None = None,
+    perturbation: Perturbation | None = None,
     on_episode: Callable[[TaskReport, Rollout], None] | None = None,
 ) -> TaskReport:
-    """Collect `episodes` successful demos of one task (at most `max_attempts` tries, default 2x)."""
+    """Collect `episodes` successful demos of one task (at most `max_attempts` tries, default 2x);
+    `perturbation`: from perturbed layouts of the initial states (vla.sim.perturb)."""
     task = get_task(suite, task_id)
     report = TaskReport(suite, task_id, task.name, task.language)
     cameras = tuple(CAMERAS) if images else ()
     # Raw frames (upside down) as LIBERO's datasets hold them; the converter rotates them.
     env = LiberoEnv(
-        suite, task_id, cameras=cameras, image_size=image_size, image_orientation="rotated_180", max_steps=max_steps
+        suite,
+        task_id,
+        cameras=cameras,
+        image_size=image_size,
+        image_orientation="rotated_180",
+        max_steps=max_steps,
+        perturbation=perturbation,
     )
     try:
         if pick_place_goal(env) is None:
@@ -170,6 +179,7 @@ def collect_task(
             "max_steps": env.max_steps,
             "images": images,
             "image_size": image_size if images else None,
+            "perturbation": None if env.perturbation is None else env.perturbation.to_json(),
         }
         path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
         return report

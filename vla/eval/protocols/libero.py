@@ -31,6 +31,7 @@ from vla.eval.report import summary_table
 from vla.eval.results import ResultsLog, group_rates
 from vla.eval.runner import RunStats
 from vla.eval.statistics import wilson_interval
+from vla.sim.base import SimError
 from vla.sim.libero import (
     MAX_STEPS,
     SUITES,
@@ -41,6 +42,7 @@ from vla.sim.libero import (
     select_gl_backend,
     suite_tasks,
 )
+from vla.sim.perturb import Perturbation, parse_perturbation
 
 VIDEO_CAMERA = "agentview"
 ZERO_ACTION = (0.0,) * 7
@@ -143,6 +145,8 @@ class LiberoEvalConfig:
     device: str = "cpu"
     dynamic_horizon: float | None = None  # MoH policies: dynamic inference with this threshold ratio
     api_key: str | None = None  # --policy ws://...: the policy server's api key (never recorded)
+    perturb: str | None = None  # perturbed layouts, e.g. "objects=0.05" (vla.sim.perturb)
+    perturb_seed: int = 0  # which displacement directions (the same for every run, so runs pair up)
     resume: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # recorded as-is (e.g. who launched it)
 
@@ -158,6 +162,7 @@ class LiberoEnvFactory:
     settle_steps: int
     settle_action: tuple[float, ...]
     max_steps: int
+    perturbation: Perturbation | None = None
 
     def __call__(self, spec: EpisodeSpec) -> LiberoEnv:
         return LiberoEnv(
@@ -170,6 +175,7 @@ class LiberoEnvFactory:
             settle_action=self.settle_action,
             max_steps=self.max_steps,
             seed=spec.seed,
+            perturbation=self.perturbation,
         )
 
 
@@ -199,6 +205,12 @@ class LiberoProtocol(EvalProtocol):
         self.init_state_ids = select_init_states(self.preset, config.trials_per_task, config.init_states, n_states)
         self.max_steps = config.max_steps or self.preset.max_steps[config.suite]
         self.env_seed = {"fixed": self.preset.env_seed, "run": config.seed, "none": None}[self.preset.seed_mode]
+        self.perturbation = None
+        if config.perturb is not None:
+            try:
+                self.perturbation = parse_perturbation(config.perturb, config.perturb_seed)
+            except SimError as e:
+                raise EvalError(str(e)) from None
 
     def env_spec(self, policy: ResolvedPolicy) -> StoreSpec:
         self.cameras = policy_cameras(policy.config, CAMERAS)
@@ -216,11 +228,15 @@ class LiberoProtocol(EvalProtocol):
         p = self.preset
         return LiberoEnvFactory(
             self.config.suite, self.cameras, self.image_size, self.orientation, p.settle_steps, p.settle_action,
-            self.max_steps,
+            self.max_steps, self.perturbation,
         )  # fmt: skip
 
     def episodes(self) -> list[EpisodeSpec]:
-        return make_episodes(self.config.suite, self.tasks, self.init_state_ids, self.env_seed, self.config.seed)
+        episodes = make_episodes(self.config.suite, self.tasks, self.init_state_ids, self.env_seed, self.config.seed)
+        if self.perturbation is not None:  # per episode too, so comparisons pair on (task, state, perturbation)
+            for e in episodes:
+                e.meta["perturbation"] = self.perturbation.to_json()
+        return episodes
 
     def settings(self, policy: ResolvedPolicy, replan: Replan) -> dict[str, Any]:
         config, preset = self.config, self.preset
@@ -250,6 +266,8 @@ class LiberoProtocol(EvalProtocol):
             "protocol_state": preset.state,
             "success": "the env's own check (AND of the BDDL goal predicates) at any step; an exception is a failure",
             "policy": policy.label,
+            # Only perturbed runs name it: settings of earlier unperturbed runs stay as they were (resume).
+            **({"perturbation": self.perturbation.to_json()} if self.perturbation is not None else {}),
             **config.extra,
         }
 
