@@ -118,12 +118,16 @@ class TimmFiLMResNet(nn.Module):
         else:
             target = self.backbone
             state_keys = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
-        result = target.load_state_dict(state_keys, strict=False)
+        hint = f"give the weight file of the same timm model (vision_backbone={self.name})"
+        try:
+            result = target.load_state_dict(state_keys, strict=False)
+        except RuntimeError as e:  # a tensor of another shape
+            first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+            raise PolicyError(f"{path}: the weights do not fit a timm {self.name!r} ({first}); {hint}") from None
         if result.missing_keys or result.unexpected_keys:
             raise PolicyError(
                 f"{path}: the weights do not fit a timm {self.name!r}: missing {result.missing_keys[:5]}, "
-                f"unexpected {result.unexpected_keys[:5]}; give the weight file of the same timm model "
-                f"(vision_backbone={self.name})"
+                f"unexpected {result.unexpected_keys[:5]}; {hint}"
             )
 
 
