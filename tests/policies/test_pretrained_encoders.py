@@ -83,14 +83,13 @@ def test_batchnorm_statistics_stay_frozen_in_training(timm_files):
     assert not torch.equal(enc.backbone.state_dict()[weight], state[weight])  # affine weights train
 
 
-def test_bad_weight_files_fail_with_the_file_named(timm_files, tmp_path):
-    d, _ = timm_files
+def test_bad_weight_files_fail_with_the_file_named(tmp_path):
     enc = TimmFiLMResNet(NAME, 8)
     with pytest.raises(PolicyError, match="not found"):
         enc.load_weights(tmp_path / "missing.safetensors")
     wrong = timm.create_model("resnet18", pretrained=False).state_dict()
     save_file({k: v.contiguous() for k, v in wrong.items()}, str(tmp_path / "r18.safetensors"))
-    with pytest.raises(PolicyError, match="r18.safetensors"):
+    with pytest.raises(PolicyError, match=r"r18\.safetensors"):
         enc.load_weights(tmp_path / "r18.safetensors")
     # anything needing code to unpickle is refused (weights_only=True)
     torch.save({"obj": Pickled()}, tmp_path / "code.pth")
