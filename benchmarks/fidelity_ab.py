@@ -67,29 +67,42 @@ def run_variant(name: str, overrides: dict[str, Any], store: str, steps: int, se
         losses.append(float(loss.detach()))
     train_s = time.perf_counter() - t0
     policy.eval()
-    se, n = 0.0, 0
-    noise_gen = torch.Generator().manual_seed(10_000 + seed)
-    for start in range(0, len(eval_idx), 64):
-        batch = collate([data.mixture[int(i)] for i in eval_idx[start : start + 64]])
-        shape = (len(batch["action"]), policy.config.chunk_size, policy.config.action_dim)
-        noise = torch.randn(shape, generator=noise_gen)
-        pred = policy.predict_chunk(batch, noise=noise)
-        valid = ~batch["action_is_pad"]
-        norm = lambda a: policy.normalize("action", a)  # noqa: E731
-        err = (norm(pred) - norm(batch["action"].float())).pow(2).mean(-1)
-        se += float(err[valid].sum())
-        n += int(valid.sum())
+    trained = policy.config
+    mse = {}
+    # the config's sampler, then CALVIN's 5 steps down to sigma 0.001 (ours) and to 1.0 (the authors')
+    for label, sampling in (("action_mse", {}), ("mse_5_to_0001", {"num_sampling_steps": 5}),
+                            ("mse_5_to_1", {"num_sampling_steps": 5, "sampling_sigma_min": 1.0})):  # fmt: skip
+        policy.config = trained.replace(**sampling)
+        mse[label] = held_out_mse(policy, data.mixture, eval_idx, seed)
+    policy.config = trained
     out = {
         "variant": name,
         "seed": seed,
         "steps": steps,
         "train_s": round(train_s, 1),
         "last_loss": float(np.mean(losses[-20:])),
-        "action_mse": se / max(n, 1),
+        **mse,
         "eval_windows": len(eval_idx),
     }
     print(json.dumps(out), flush=True)
     return out
+
+
+def held_out_mse(policy: Any, mixture: Any, eval_idx: np.ndarray, seed: int) -> float:
+    """Mean squared error of sampled chunks against the recorded actions, normalised units, valid steps."""
+    collate = torch.utils.data.default_collate
+    se, n = 0.0, 0
+    noise_gen = torch.Generator().manual_seed(10_000 + seed)
+    for start in range(0, len(eval_idx), 64):
+        batch = collate([mixture[int(i)] for i in eval_idx[start : start + 64]])
+        shape = (len(batch["action"]), policy.config.chunk_size, policy.config.action_dim)
+        noise = torch.randn(shape, generator=noise_gen)
+        pred = policy.predict_chunk(batch, noise=noise)
+        valid = ~batch["action_is_pad"]
+        err = (policy.normalize("action", pred) - policy.normalize("action", batch["action"].float())).pow(2)
+        se += float(err.mean(-1)[valid].sum())
+        n += int(valid.sum())
+    return se / max(n, 1)
 
 
 def main() -> None:
@@ -123,13 +136,17 @@ def main() -> None:
             if args.out:
                 with open(args.out, "a") as f:
                     f.write(json.dumps(r) + "\n")
-    print(f"{'variant':<22} {'action_mse (per seed)':<34} mean     last_loss")
+    print(f"{'variant':<22} {'action_mse (per seed)':<34} mean     last_loss  5 steps to 0.001 / to 1.0")
     mean = {}
     for name in names:
         rs = [r for r in results if r["variant"] == name]
         mean[name] = float(np.mean([r["action_mse"] for r in rs]))
         per = ", ".join(f"{r['action_mse']:.4f}" for r in rs)
-        print(f"{name:<22} {per:<34} {mean[name]:.4f}   {np.mean([r['last_loss'] for r in rs]):.4f}")
+        calvin = "  ".join(
+            f"{np.mean([r[k] for r in rs]):.4f}" if all(k in r for r in rs) else "-"
+            for k in ("mse_5_to_0001", "mse_5_to_1")
+        )
+        print(f"{name:<22} {per:<34} {mean[name]:.4f}   {np.mean([r['last_loss'] for r in rs]):.4f}     {calvin}")
     if "authors" in mean and "cpu" in mean:
         print(f"authors_minus_cpu_action_mse: {mean['authors'] - mean['cpu']:.4f}")
 
