@@ -138,3 +138,17 @@ def test_resnet50_builds_offline_with_film_on_every_bottleneck():
     assert len(enc.film) == 3 + 4 + 6 + 3 and enc.head.in_features == 2048
     assert enc.film[0][1].out_features == 2 * 256  # after bn3, the bottleneck's expanded width
     assert enc(torch.rand(1, 3, 32, 32), torch.randn(1, 4)).shape == (1, 8)
+
+
+def test_scratch_film_resnet_weights_per_camera_and_a_missing_file(tmp_path):
+    cfg = tiny_config(camera_keys=("observation.images.a", "observation.images.b"))
+    torch.manual_seed(1)
+    source = MoDEPolicy(cfg, stats_for(cfg))
+    cams = list(source.obs_encoder.cameras.values())
+    save_file(cams[0].state_dict(), str(tmp_path / "a.safetensors"))
+    torch.save(cams[1].state_dict(), tmp_path / "b.pt")
+    policy = MoDEPolicy(cfg.replace(vision_weights=(str(tmp_path / "a.safetensors"), str(tmp_path / "b.pt"))))
+    for mine, theirs in zip(policy.obs_encoder.cameras.values(), cams, strict=True):
+        assert all(torch.equal(mine.state_dict()[k], v) for k, v in theirs.state_dict().items())
+    with pytest.raises(PolicyError, match="not found"):
+        MoDEPolicy(cfg.replace(vision_weights=str(tmp_path / "none.safetensors")))

@@ -22,11 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from vla.errors import PolicyError
-from vla.policies.modules.vision import IMAGENET_MEAN, IMAGENET_STD, FiLMResNet
+from vla.policies.modules.vision import IMAGENET_MEAN, IMAGENET_STD, FiLMResNet, read_weights
 
 SCRATCH = "film_resnet"
 CLASSIFIER_PREFIXES = ("fc.", "head.", "classifier.")
@@ -138,25 +137,6 @@ def _apply_film(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.
         return out
     gamma, beta = film
     return out * (1 + gamma) + beta
-
-
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a local safetensors file or a torch file (weights_only=True: no pickled code)."""
-    p = Path(path)
-    if not p.is_file():
-        raise PolicyError(f"vision weights {str(p)!r} not found: give a local .safetensors (or torch) file")
-    if p.suffix == ".safetensors":
-        return load_file(str(p))
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # a pickle needing code, or not a torch file at all
-        raise PolicyError(f"{p}: cannot be read as weights with weights_only=True ({e}); use safetensors") from e
-    for key in ("state_dict", "model"):  # common checkpoint wrappers
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PolicyError(f"{p}: expected a state dict of tensors")
-    return state
 
 
 def _stages(model: nn.Module) -> list[nn.Sequential]:
