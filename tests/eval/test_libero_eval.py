@@ -145,7 +145,10 @@ def test_a_checkpoint_that_does_not_fit_fails_before_any_episode(tmp_path):
 
 
 def test_presets_record_their_protocol():
-    assert {p: PRESETS[p].trials_per_task for p in PRESETS} == {"openpi": 50, "libero": 20, "mode": 20}
+    assert {p: PRESETS[p].trials_per_task for p in PRESETS} == {"openpi": 50, "libero": 20, "mode": 20, "himoe": 50}
+    # HiMoE-VLA's own evaluation: openpi's protocol, 10 actions executed per plan
+    assert PRESETS["himoe"].replan_steps == 10
+    assert replace(PRESETS["himoe"], name="openpi", replan_steps=5) == PRESETS["openpi"]
     openpi = prepare(eval_config(Path("unused"), init_states=None, max_steps=None))
     assert openpi.protocol.init_state_ids == list(range(50)) and openpi.settings["max_steps"] == 280
     assert openpi.settings["env_seed"] == 7 and openpi.settings["image_orientation"] == "upright"
@@ -155,6 +158,9 @@ def test_presets_record_their_protocol():
     mode = prepare(eval_config(Path("unused"), preset="mode", init_states=[40, 41], max_steps=None))
     assert mode.settings["env_seed"] is None and mode.settings["max_steps"] == 520
     assert [e.episode_id for e in mode.episodes] == ["libero_object/1/40", "libero_object/1/41"]
+    himoe = prepare(eval_config(Path("unused"), preset="himoe", init_states=None, max_steps=None))
+    assert himoe.settings["replan_steps"] == 10 and himoe.settings["env_seed"] == 7
+    assert himoe.settings["max_steps"] == 280 and himoe.protocol.init_state_ids == list(range(50))
 
 
 def test_mode_checkpoint_runs_batched_and_per_worker(tmp_path):

@@ -118,3 +118,28 @@ def test_sequence_balance_loss_is_one_when_each_sequence_balances():
 def test_dense_mlp():
     mlp = DenseMLP(8, 32)
     assert mlp(torch.randn(2, 3, 8)).shape == (2, 3, 8)
+
+
+def test_dense_geglu_is_the_authors_bias_free_gated_gelu_tanh():
+    import torch.nn.functional as F
+
+    from vla.policies.himoe import HiMoEConfig, HiMoEPolicy
+    from vla.policies.modules.hier_moe import DenseMLP
+
+    torch.manual_seed(0)
+    mlp = DenseMLP(8, 16, gated=True)
+    assert mlp.w_in.bias is None and mlp.w_out.bias is None
+    assert mlp.w_in.weight.shape == (32, 8) and mlp.w_out.weight.shape == (8, 16)
+    x = torch.randn(3, 5, 8)
+    value, gate = x @ mlp.w_in.weight[:16].T, x @ mlp.w_in.weight[16:].T
+    expected = (value * F.gelu(gate, approximate="tanh")) @ mlp.w_out.weight.T
+    torch.testing.assert_close(mlp(x), expected)
+    plain = DenseMLP(8, 16)
+    assert plain.w_in.bias is not None and plain.w_in.weight.shape == (16, 8)  # the original GELU MLP
+    # the paper preset's dense layers are GeGLU of width 4096; the cpu preset keeps the GELU MLP
+    with torch.device("meta"):
+        paper = HiMoEPolicy(HiMoEConfig.from_preset("paper", state_dim=8, action_dim=7))
+    dense = [b.ffn for b in paper.transformer.blocks if b.kind == "dense"]
+    assert len(dense) == 6 and all(d.gated and d.w_out.in_features == 4096 and d.w_in.bias is None for d in dense)
+    cpu = HiMoEPolicy(HiMoEConfig.from_preset("cpu", state_dim=8, action_dim=7))
+    assert not any(b.ffn.gated for b in cpu.transformer.blocks if b.kind == "dense")

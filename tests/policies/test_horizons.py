@@ -16,6 +16,7 @@ from vla.policies.modules.horizons import (
     dynamic_horizon,
     mixture_loss,
     parse_horizons,
+    segment_balance_loss,
 )
 
 
@@ -175,3 +176,42 @@ def test_dynamic_horizon_executes_fewer_steps_when_horizons_disagree():
     assert dynamic_horizon(agree, count, ratio=1.2, stop_cover=8).tolist() == [6], "steps 7-9: 8 horizons"
     with pytest.raises(ValueError):
         dynamic_horizon(agree, count, ratio=0.0)
+
+
+def test_segment_balance_is_the_authors_per_boundary_cv2_with_unbiased_variance():
+    torch.manual_seed(0)
+    horizons = (2, 4, 6)
+    cover = HorizonLayout(horizons, 0).cover
+    w = torch.softmax(torch.randn(3, 3, 6).masked_fill(~cover, float("-inf")), dim=1)  # (B, n_h, H)
+    # by hand: segments [0, 2) (3 horizons active), [2, 4) (2), [4, 6) (1: no term)
+    terms = []
+    for start, end, active in ((0, 2, [0, 1, 2]), (2, 4, [1, 2])):
+        usage = torch.stack([w[:, i, start:end].mean() for i in active])
+        var = ((usage - usage.mean()) ** 2).sum() / (len(active) - 1)  # unbiased
+        terms.append(var / usage.mean() ** 2)
+    expected = (terms[0] + terms[1]) / 2
+    torch.testing.assert_close(segment_balance_loss(w, cover), expected)
+    assert not torch.allclose(segment_balance_loss(w, cover), balance_loss(w, cover))
+    # the mixture loss uses it when asked, and a single horizon has no term
+    out, target = _output(torch.zeros(3, 3, 6, 2), w, cover), torch.zeros(3, 6, 2)
+    _, info = mixture_loss(out, target, balance_weight=1.0, balance="segments")
+    assert info["horizon_balance"] == pytest.approx(float(expected))
+    one = HorizonLayout((4,), 0).cover
+    assert float(segment_balance_loss(torch.ones(2, 1, 4), one)) == 0.0
+    # padded steps are left out of a segment's usage
+    valid = torch.ones(3, 6, dtype=torch.bool)
+    valid[0, 1] = False
+    masked = segment_balance_loss(w, cover, valid)
+    w2 = w.clone()
+    w2[0, :, 1] = torch.tensor([1.0, 0.0, 0.0])
+    torch.testing.assert_close(segment_balance_loss(w2, cover, valid), masked)
+
+
+def test_moh_balance_switch_in_the_configs():
+    from vla.policies.himoe import HiMoEConfig
+    from vla.policies.mode import MoDEConfig
+
+    assert MoDEConfig.from_preset("moh_cpu").moh_balance == "global"  # the original, kept at the cpu size
+    assert MoDEConfig.from_preset("paper").moh_balance == "segments" == HiMoEConfig.from_preset("paper").moh_balance
+    with pytest.raises(Exception, match="moh_balance"):
+        MoDEConfig.from_preset("cpu", moh_balance="per_step")

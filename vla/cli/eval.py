@@ -38,7 +38,9 @@ def libero(
     out: Annotated[Path, typer.Option(help="Results folder: episodes.jsonl, summary.json, report.md, videos/.")],
     policy: Annotated[str, typer.Option(help=POLICY_HELP)],
     tasks: Annotated[str | None, typer.Option(help="Task ids, e.g. '0,3' or '0-4' (default: all).")] = None,
-    preset: Annotated[str, typer.Option(help="Protocol preset: openpi | libero | mode.")] = "openpi",
+    preset: Annotated[
+        str, typer.Option(help="Protocol preset: openpi | libero | mode | himoe (openpi, 10 actions per plan).")
+    ] = "openpi",
     trials_per_task: Annotated[
         int | None, typer.Option(help="Initial states 0..N-1 per task (default: the preset's).")
     ] = None,

@@ -21,6 +21,7 @@ from vla.keys import STATE_KEY
 from vla.policies.modules.horizons import DEFAULT_HORIZONS, horizon_config_problems
 from vla.policies.modules.language import LANGUAGE_ENCODERS
 from vla.policies.modules.vision import NORMS
+from vla.policies.modules.vision_timm import vision_backbone_problems
 
 C = TypeVar("C", bound="PolicyConfig")
 
@@ -138,6 +139,12 @@ class ConditioningFields:
     vision_widths: tuple[int, ...] = (64, 128, 256, 512)  # ResNet-18 layout
     vision_blocks: tuple[int, ...] = (2, 2, 2, 2)
     vision_norm: str = "group"  # group | batch
+    # camera encoder: "film_resnet" (the FiLM ResNet above, from scratch) | a timm ResNet name (resnet18,
+    # resnet50, ...: built without download, FiLM after every block, BatchNorm statistics frozen)
+    vision_backbone: str = "film_resnet"
+    # local weights for the camera encoders: one path for every camera, or one per camera; safetensors, or a
+    # torch file read with weights_only=True (None: random initialisation)
+    vision_weights: str | tuple[str, ...] | None = None
 
     def language_problems(self) -> list[str]:
         if self.language_encoder not in LANGUAGE_ENCODERS:
@@ -145,7 +152,13 @@ class ConditioningFields:
         return []
 
     def vision_problems(self) -> list[str]:
-        return [f"vision_norm {self.vision_norm!r} not in {NORMS}"] if self.vision_norm not in NORMS else []
+        problems = [f"vision_norm {self.vision_norm!r} not in {NORMS}"] if self.vision_norm not in NORMS else []
+        problems += vision_backbone_problems(self.vision_backbone)
+        weights = self.vision_weights
+        cameras = getattr(self, "camera_keys", ())
+        if isinstance(weights, tuple) and len(weights) != len(cameras):
+            problems.append(f"vision_weights has {len(weights)} paths for {len(cameras)} cameras: give one per camera")
+        return problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +174,9 @@ class HorizonFields:
     moh_gate_noise: bool = True  # learned-std Gaussian noise on the gate logits in training
     moh_horizon_loss_weight: float = 1.0  # weight of the summed per-horizon losses
     moh_balance_weight: float = 1e-3  # squared coefficient of variation of horizon usage
+    # "global": CV^2 of each horizon's mean weight over the steps it covers | "segments": CV^2 per segment
+    # between horizon boundaries over the horizons active there, unbiased variance, averaged (the authors)
+    moh_balance: str = "global"
     dynamic_ratio: float | None = None  # dynamic inference threshold ratio r (None: execute n_action_steps)
     dynamic_window: int = 5  # threshold = mean disagreement of the first `dynamic_window` steps * r
     dynamic_min_steps: int = 5  # always execute at least this many steps

@@ -107,7 +107,11 @@ def load_pretrained(
     except PolicyError as e:
         raise PolicyError(f"{d / CONFIG_FILE}: {e}") from None
     _check_local_paths(config, d / CONFIG_FILE)
-    model = model_cls(config)
+    # the checkpoint holds the trained encoder weights: the initial ones (vision_weights) are not read again,
+    # so a checkpoint runs where the pretrained file is not
+    initial = getattr(config, "vision_weights", None)
+    model = model_cls(config.replace(vision_weights=None) if initial is not None else config)
+    model.config = config
     try:
         weights = load_file(str(d / WEIGHTS_FILE), device=str(map_location))
     except (OSError, SafetensorError) as e:

@@ -28,7 +28,7 @@ from vla.datasets import slots as slotlib
 from vla.policies import PolicyError, available_policies, get_policy
 from vla.policies.embodiment import EmbodimentTable
 from vla.policies.himoe import HiMoEConfig, HiMoEPolicy
-from vla.policies.himoe.configuration_himoe import PAPER_PATTERN
+from vla.policies.himoe.configuration_himoe import AUTHORS, PAPER_PATTERN
 from vla.policies.modules.hier_moe import ActionSpaceMoE, DenseMLP, HBMoE
 from vla.policies.policy import Policy
 from vla.policies.pretrained import EMBODIMENTS_FILE
@@ -38,7 +38,8 @@ from vla.policies.runtime import PolicyPlanner
 
 def test_paper_preset_defaults_and_parameter_counts():
     cfg = HiMoEConfig.from_preset("paper", camera_keys=(CAM, "observation.images.wrist"), state_dim=24, action_dim=24)
-    assert cfg == HiMoEConfig(camera_keys=cfg.camera_keys, state_dim=24, action_dim=24)
+    assert cfg == HiMoEConfig(camera_keys=cfg.camera_keys, state_dim=24, action_dim=24, **AUTHORS)
+    assert cfg.dense_kind == "geglu" and cfg.moh_balance == "segments"
     assert cfg.layer_pattern == PAPER_PATTERN and cfg.n_layers == 18
     kinds = cfg.layer_kinds
     assert kinds[:2] == kinds[16:] == ("action_space",) * 2

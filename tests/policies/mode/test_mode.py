@@ -44,8 +44,9 @@ def test_paper_preset_defaults_and_parameter_counts():
     assert expert.w_in.weight.shape == (2 * 4096, 1024) and expert.w_out.weight.shape == (1024, 4096)
     router = policy.transformer.blocks[0].ffn.router.mlp
     assert (router[0].in_features, router[0].out_features, router[2].out_features) == (1024, 2048, 4)
+    assert expert.w_in.bias is not None and expert.w_out.bias is None  # the authors' experts: input bias only
     counts = policy.parameter_counts()
-    per_expert = 1024 * 8192 + 4096 * 1024
+    per_expert = 1024 * 8192 + 8192 + 4096 * 1024
     assert counts["experts"] == 12 * 4 * per_expert
     assert 0.6e9 < counts["total"] < 0.75e9  # ~0.6-0.7B like the paper / authors' code
     assert 0.3e9 < counts["active"] < 0.45e9  # about half active

@@ -1,7 +1,8 @@
 """The LIBERO evaluation protocol: presets, episode selection, env settings, summary.
 
-Three published protocols are named presets: `openpi` (recent VLA papers, the default), `libero`
-(the original benchmark) and `mode` (the MoDE paper's code); `PRESETS` lists what each sets.
+Four published protocols are named presets: `openpi` (recent VLA papers, the default), `libero`
+(the original benchmark), `mode` (the MoDE paper's code) and `himoe` (the HiMoE-VLA code: openpi's
+protocol executing 10 actions per plan); `PRESETS` lists what each sets.
 Every setting ends up in summary.json; explicit options override a preset and are recorded as
 such. Per episode: reset, set fixed initial state k, settle steps (not counted), then the policy
 until the task's own success check holds or the step budget is spent; an exception counts as a
@@ -16,7 +17,7 @@ videos, report) is vla.eval.protocol's; only LIBERO specifics live here.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,10 @@ PRESETS: dict[str, LiberoPreset] = {
         10,
     ),
 }
+
+
+# HiMoE-VLA's own LIBERO evaluation is openpi's in every setting but one: 10 actions executed per plan.
+PRESETS["himoe"] = replace(PRESETS["openpi"], name="himoe", replan_steps=10, notes=PRESETS["openpi"].notes)
 
 
 def get_preset(name: str) -> LiberoPreset:

@@ -46,6 +46,8 @@ class DefaultBackbone(ObservationEncoder):
             config.vision_blocks,
             config.vision_norm,
             goal_dim=config.language_dim,
+            vision_weights=config.vision_weights,
+            vision_backbone=config.vision_backbone,
         )
         self.out_dim = config.cond_dim
         self.language = config  # the language encoder settings (ConditioningFields)

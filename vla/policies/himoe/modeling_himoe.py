@@ -10,7 +10,7 @@ Sequence of the action transformer (the "suffix"): [state token, action tokens o
   something to attend to).
 Each block: x += SelfAttn(Norm x); x += CrossAttn(Norm x, cond); x += FFN(Norm x), the FFN by depth
 (`layer_pattern`): AS-MoE (routed by the action-space identity), HB-MoE (routed per token, + shared
-expert) or a dense GELU MLP.
+expert) or a dense GELU MLP (`dense_kind="geglu"`: the authors' bias-free gated GELU-tanh).
 
 Why cross-attention to the conditioning rather than joint attention over [cond, state, actions]: the
 backbone gives final-layer tokens (not per-layer keys/values as pi0's VLM does), so in joint
@@ -103,7 +103,7 @@ class HiMoEBlock(nn.Module):
                 config.router_sample,
             )
         else:
-            self.ffn = DenseMLP(d, config.dense_hidden)
+            self.ffn = DenseMLP(d, config.dense_hidden, config.dense_kind == "geglu")
 
     def forward(
         self,
@@ -334,7 +334,7 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
             out = self.velocity(enc, inputs.x_in, inputs.noise_cond, records)
             assert isinstance(out, HorizonOutput)
             flow_loss, info = mixture_loss(
-                out, inputs.target, mask, cfg.moh_horizon_loss_weight, cfg.moh_balance_weight
+                out, inputs.target, mask, cfg.moh_horizon_loss_weight, cfg.moh_balance_weight, cfg.moh_balance
             )
             info.update(inputs.info)
         else:

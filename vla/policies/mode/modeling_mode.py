@@ -61,18 +61,23 @@ FFNOverride = Callable[[torch.Tensor], torch.Tensor]
 
 
 class NoiseEmbedding(nn.Module):
-    """Scalar noise conditioning (B,) -> (B, d)."""
+    """Scalar noise conditioning (B,) -> (B, d). kind "mlp": Linear(1, d), SiLU, Linear(d, d); "linear" (the
+    authors): Linear(1, d) then a bias-free Linear(d, d), no nonlinearity. Same weight names either way."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, kind: str = "mlp"):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(1, dim), nn.SiLU(), nn.Linear(dim, dim))
+        if kind == "linear":
+            self.mlp = nn.Sequential(nn.Linear(1, dim), nn.Identity(), nn.Linear(dim, dim, bias=False))
+        else:
+            self.mlp = nn.Sequential(nn.Linear(1, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, noise_cond: torch.Tensor) -> torch.Tensor:
         return self.mlp(noise_cond.reshape(-1, 1).to(self.mlp[0].weight.dtype))
 
 
 class DiTBlock(nn.Module):
-    """x = x + Attn(Norm(x) + c); x = x + FFN(Norm(x)) with a noise-routed MoE (or dense) FFN."""
+    """x = x + Attn(Norm(x) + c); then x = x + FFN(Norm(x)) (ffn_norm "pre") or, as the authors,
+    x = Norm(x); x = x + FFN(x) (ffn_norm "residual"); FFN: a noise-routed MoE or a dense SwiGLU."""
 
     def __init__(self, config: MoDEConfig):
         super().__init__()
@@ -82,21 +87,34 @@ class DiTBlock(nn.Module):
             d, config.n_heads, config.attn_dropout, config.qk_norm, config.resid_dropout, fused_qkv=True
         )
         self.norm2 = nn.RMSNorm(d, eps=1e-6)
+        self.residual_norm = config.ffn_norm == "residual"
         hidden = config.ffn_mult * d
         self.ffn: MoELayer | SwiGLU
+        bias, dropout, out_bias = config.expert_bias, config.expert_dropout, config.expert_out_bias
         if config.use_moe:
             router = NoiseRouter(d, config.n_experts, config.router_hidden_mult * d)
             self.ffn = MoELayer(
-                d, hidden, config.n_experts, config.top_k, router, config.router_renormalize, config.expert_bias
+                d,
+                hidden,
+                config.n_experts,
+                config.top_k,
+                router,
+                config.router_renormalize,
+                bias,
+                dropout,
+                out_bias,
+                token_sampling=config.route_sampling == "token",
             )
         else:
-            self.ffn = SwiGLU(d, hidden, config.expert_bias)
+            self.ffn = SwiGLU(d, hidden, bias, dropout, out_bias)
 
     def forward(
         self, x: torch.Tensor, c: torch.Tensor, ffn: FFNOverride | None = None, attn_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, Routing | None]:
         x = x + self.attn(self.norm1(x) + c.unsqueeze(1), mask=attn_mask, causal=attn_mask is None)
         h = self.norm2(x)
+        if self.residual_norm:  # the residual stream itself continues normalised
+            x = h
         if ffn is not None:  # a cached fused expert: no router, no dispatch
             return x + ffn(h), None
         if isinstance(self.ffn, MoELayer):
@@ -112,7 +130,7 @@ class MoDETransformer(nn.Module):
         super().__init__()
         d = config.width
         self.chunk_size = config.chunk_size
-        self.noise_emb = NoiseEmbedding(d)
+        self.noise_emb = NoiseEmbedding(d, config.noise_embedding)
         self.action_in = nn.Linear(config.action_dim, d)
         self.pos_emb = nn.Parameter(torch.zeros(1, config.seq_len, d))
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.n_layers))
@@ -177,6 +195,7 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
             goal_dim,
             config.state_dim,
             config.vision_weights,
+            config.vision_backbone,
         )
         self.transformer = MoDETransformer(config)
         # Mixture of Horizons: the gate (its only weights) and the layout of the horizons' segments.
@@ -215,9 +234,12 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
         """Goal and observation tokens (B, 1 + n_obs_tokens, width): computed once per chunk."""
         batch = self._to_device(batch)
         cfg = self.config
-        keep = None
+        keep, element_dropout = None, 0.0
         if self.training and cfg.goal_dropout > 0:
-            keep = torch.rand(self._batch_size(batch), device=self.device) >= cfg.goal_dropout
+            if cfg.goal_dropout_mode == "sequence":
+                keep = torch.rand(self._batch_size(batch), device=self.device) >= cfg.goal_dropout
+            else:
+                element_dropout = cfg.goal_dropout
         state = None
         if cfg.state_dim is not None:
             state = batch.get(STATE_KEY)
@@ -226,7 +248,7 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
                 raise PolicyError(f"observation.state should be (B, n_obs={cfg.n_obs}, {cfg.state_dim}), got {got}")
             state = self.normalize(STATE_KEY, state.float(), batch.get("embodiment_id"))
         images = camera_frames(batch, cfg.camera_keys, cfg.n_obs, cfg.image_size)
-        context, _ = self.obs_encoder(images, self._goal_input(batch), state, keep)
+        context, _ = self.obs_encoder(images, self._goal_input(batch), state, keep, element_dropout)
         return context
 
     # --- training -----------------------------------------------------------------------------------
@@ -294,7 +316,9 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
         s = inputs.level.reshape(-1, 1, 1)
         x_in = inputs.noised / (s**2 + cfg.sigma_data**2).sqrt()
         out = self._horizon_outputs(x_in, inputs.noise_cond, context, routings=routings)
-        loss, info = mixture_loss(out, inputs.target, mask, cfg.moh_horizon_loss_weight, cfg.moh_balance_weight)
+        loss, info = mixture_loss(
+            out, inputs.target, mask, cfg.moh_horizon_loss_weight, cfg.moh_balance_weight, cfg.moh_balance
+        )
         return loss, {**inputs.info, **info}
 
     # --- inference ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from torch import nn
 from vla.errors import PolicyError
 from vla.policies.modules.language import get_language_encoder
 from vla.policies.modules.vision import FiLMResNet, to_float_images
+from vla.policies.modules.vision_timm import make_camera_encoder
 
 
 class LanguageSettings(Protocol):
@@ -59,10 +60,12 @@ class ObservationEncoder(nn.Module):
         vision_norm: str,
         goal_dim: int | None,
         state_dim: int | None = None,
-        vision_weights: Sequence[str] | None = None,
+        vision_weights: str | Sequence[str] | None = None,
+        vision_backbone: str = "film_resnet",
     ):
         """`goal_dim`: the instruction embedding size (a linear projection); None: goal images, encoded by a
-        ResNet. `vision_weights`: optional local safetensors, one per camera."""
+        ResNet. `vision_weights`: optional local weight files, one for every camera or one per camera.
+        `vision_backbone`: "film_resnet" or a timm ResNet name (vla.policies.modules.vision_timm)."""
         super().__init__()
         self.camera_keys = tuple(camera_keys)
         if goal_dim is not None:
@@ -70,10 +73,16 @@ class ObservationEncoder(nn.Module):
         else:
             self.goal = FiLMResNet(dim, None, vision_widths, vision_blocks, vision_norm)
         self.cameras = nn.ModuleDict(
-            {_module_key(k): FiLMResNet(dim, dim, vision_widths, vision_blocks, vision_norm) for k in self.camera_keys}
+            {
+                _module_key(k): make_camera_encoder(
+                    vision_backbone, dim, dim, vision_widths, vision_blocks, vision_norm
+                )
+                for k in self.camera_keys
+            }
         )
         if vision_weights:
-            for k, path in zip(self.camera_keys, vision_weights, strict=True):
+            paths = [vision_weights] * len(self.camera_keys) if isinstance(vision_weights, str) else vision_weights
+            for k, path in zip(self.camera_keys, paths, strict=True):
                 self.cameras[_module_key(k)].load_weights(path)
         self.state = nn.Linear(state_dim, dim) if state_dim is not None else None
 
@@ -87,29 +96,41 @@ class ObservationEncoder(nn.Module):
         goal_input: torch.Tensor,
         state: torch.Tensor | None = None,
         keep_goal: torch.Tensor | None = None,
+        goal_element_dropout: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`images[key]` (B, n_obs, 3, H, W) in [0, 1]; `goal_input`: instruction embeddings (B, goal_dim) or
         goal images (B, 3, H, W) in [0, 1]; `state` (B, n_obs, state_dim) normalised; `keep_goal` (B,) bool:
-        False drops the goal (goal dropout)."""
+        False drops the whole goal, FiLM included (goal dropout per sequence); `goal_element_dropout` p > 0:
+        each element of the goal embedding (the instruction embedding, or the encoded goal image) is zeroed
+        with probability p in the goal token only, the camera encoders' FiLM still gets the full goal."""
         if self.language_goal:
             if keep_goal is not None:
                 goal_input = goal_input * keep_goal.unsqueeze(-1).to(goal_input)
-            goal = self.goal(goal_input)
+            goal = film = self.goal(goal_input)
+            if goal_element_dropout > 0:
+                goal = self.goal(_drop_elements(goal_input, goal_element_dropout))
         else:
-            goal = self.goal(goal_input)
+            goal = film = self.goal(goal_input)
             if keep_goal is not None:
-                goal = goal * keep_goal.unsqueeze(-1).to(goal)
+                goal = film = goal * keep_goal.unsqueeze(-1).to(goal)
+            if goal_element_dropout > 0:
+                goal = _drop_elements(goal, goal_element_dropout)
         tokens = [goal.unsqueeze(1)]
         for key in self.camera_keys:
             x = images[key].to(goal)
             b, n = x.shape[:2]
-            feats = self.cameras[_module_key(key)](x.flatten(0, 1), goal.repeat_interleave(n, dim=0))
+            feats = self.cameras[_module_key(key)](x.flatten(0, 1), film.repeat_interleave(n, dim=0))
             tokens.append(feats.view(b, n, -1))
         if self.state is not None:
             if state is None:
                 raise PolicyError("this encoder reads the state: pass observation.state")
             tokens.append(self.state(state.to(goal)))  # (B, n_obs, dim)
         return torch.cat(tokens, dim=1), goal
+
+
+def _drop_elements(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Each element zeroed with probability p (no rescaling: zeros are the "no goal" value)."""
+    return x * (torch.rand_like(x) >= p).to(x)
 
 
 def camera_frames(

@@ -62,6 +62,8 @@ class EDMSettings:
     # training noise: log-logistic with location log(sigma_data) (when None) and this scale
     train_loc: float | None = None
     train_scale: float = 0.5
+    # the sampler's lowest noise level (None: sigma_min); training noise keeps [sigma_min, sigma_max]
+    sampling_sigma_min: float | None = None
 
 
 class EDM(Objective):
@@ -73,6 +75,8 @@ class EDM(Objective):
             raise ValueError(f"unknown sigma schedule {s.schedule!r}; choose one of {SIGMA_SCHEDULES}")
         if not 0 < s.sigma_min < s.sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {s.sigma_min}, {s.sigma_max}")
+        if s.sampling_sigma_min is not None and not 0 < s.sampling_sigma_min < s.sigma_max:
+            raise ValueError(f"need 0 < sampling_sigma_min < sigma_max, got {s.sampling_sigma_min}")
         self.settings = s
         self._pre = self.scheduler(None)  # for the stateless preconditioning helpers
 
@@ -80,7 +84,7 @@ class EDM(Objective):
         """A fresh diffusers scheduler set to `num_steps` (it is stateful: one per sampling run)."""
         s = self.settings
         sched = EDMEulerScheduler(
-            sigma_min=s.sigma_min,
+            sigma_min=s.sigma_min if s.sampling_sigma_min is None else s.sampling_sigma_min,
             sigma_max=s.sigma_max,
             sigma_data=s.sigma_data,
             sigma_schedule=s.schedule,

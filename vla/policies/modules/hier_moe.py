@@ -21,7 +21,7 @@ dispatch are the ones MoDE uses.
 - `HBMoE`: many small SwiGLU experts routed per token (top-k, renormalised) plus one always-on shared
   expert, with `sequence_balance_loss` (load balance measured within each sequence, then averaged), so
   no sequence (robot) leaves most experts idle.
-- `DenseMLP`: the shared dense layers' GELU MLP.
+- `DenseMLP`: the shared dense layers' GELU MLP, or the authors' bias-free GeGLU (`gated`).
 """
 
 from __future__ import annotations
@@ -121,14 +121,19 @@ class HBMoE(nn.Module):
 
 
 class DenseMLP(nn.Module):
-    """GELU MLP d -> hidden -> d (the shared dense layers)."""
+    """The shared dense layers: a GELU MLP d -> hidden -> d with biases, or (`gated`, the HiMoE authors' Gemma
+    MLP) GeGLU without biases: w_out(value * gelu_tanh(gate)), [value; gate] = w_in(x), d -> 2*hidden -> d."""
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, gated: bool = False):
         super().__init__()
-        self.w_in = nn.Linear(dim, hidden)
-        self.w_out = nn.Linear(hidden, dim)
+        self.gated = gated
+        self.w_in = nn.Linear(dim, 2 * hidden if gated else hidden, bias=not gated)
+        self.w_out = nn.Linear(hidden, dim, bias=not gated)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            value, gate = self.w_in(x).chunk(2, dim=-1)
+            return self.w_out(value * F.gelu(gate, approximate="tanh"))
         return self.w_out(F.gelu(self.w_in(x), approximate="tanh"))
 
 

@@ -23,7 +23,9 @@ mixture of horizons:
   the horizons that cover each step, and the fused output. Per-horizon outputs and gate weights are
   returned (`HorizonOutput`) so they stay inspectable.
 - `mixture_loss`: loss on the fused output + sum of per-horizon losses + balance weight * squared
-  coefficient of variation of the horizons' mean gate weight.
+  coefficient of variation of the horizons' mean gate weight ("global"), or, as the authors, that
+  quantity per segment between horizon boundaries over the horizons active there, with the unbiased
+  variance, averaged over the segments ("segments", `segment_balance_loss`).
 - Dynamic inference: `disagreement` (gate-weighted L1 distance of each horizon's output to the fused
   one, per step; summed over denoising steps by the caller) and `dynamic_horizon` (how many steps
   of the fused chunk to execute, per batch row).
@@ -31,6 +33,7 @@ mixture of horizons:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +45,7 @@ from torch import nn
 from vla.policies.modules.objective import masked_mean
 
 ACTION_ATTENTION = ("causal", "full")
+BALANCE_MODES = ("global", "segments")
 DEFAULT_HORIZONS: tuple[int, ...] = tuple(range(3, 31, 3))
 
 # backbone(action_inputs (B, L, A), positions (L,), attn_mask (T, T) bool) -> (hidden (B, L, d), out (B, L, A))
@@ -75,6 +79,8 @@ def horizon_config_problems(config: Any) -> list[str]:
     """What is wrong with a policy config's mixture-of-horizons and dynamic-inference fields
     (`horizons`, `chunk_size`, `dynamic_ratio/window/min_steps/stop_cover`); empty: fine or off."""
     out = _dynamic_problems(config)
+    if getattr(config, "moh_balance", "global") not in BALANCE_MODES:
+        out.append(f"moh_balance {config.moh_balance!r} not in {BALANCE_MODES}")
     horizons, chunk_size = config.horizons, config.chunk_size
     if horizons is None:
         return out
@@ -253,12 +259,37 @@ def balance_loss(weights: torch.Tensor, cover: torch.Tensor, valid: torch.Tensor
     return usage.var(unbiased=False) / usage.mean().pow(2).clamp_min(1e-12)
 
 
+def segment_balance_loss(weights: torch.Tensor, cover: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The authors' balance term: the steps split into segments at the horizon boundaries (0, h_1, h_2, ...);
+    in each segment covered by two horizons or more, the mean fusion weight of each covering horizon (over
+    the batch and the segment's valid steps), then its squared coefficient of variation with the unbiased
+    variance; the mean over those segments. 0 when there is none (a single horizon)."""
+    horizons = cover.sum(1).tolist()  # horizon i covers steps [0, h_i)
+    bounds = sorted({0, *horizons})
+    terms = []
+    for start, end in itertools.pairwise(bounds):
+        active = cover[:, start]  # the horizons that reach this segment
+        if int(active.sum()) < 2:
+            continue
+        seg = weights[:, active, start:end]  # (B, n_active, steps)
+        mask = torch.ones_like(seg, dtype=torch.bool)
+        if valid is not None:
+            mask = mask & valid[:, None, start:end]
+        usage = masked_mean(seg, mask, (0, 2))  # (n_active,)
+        terms.append(usage.var(unbiased=True) / (usage.mean().pow(2) + 1e-10))
+    return torch.stack(terms).mean() if terms else weights.sum() * 0
+
+
+BALANCE_LOSSES = {"global": balance_loss, "segments": segment_balance_loss}
+
+
 def mixture_loss(
     out: HorizonOutput,
     target: torch.Tensor,
     valid: torch.Tensor | None = None,
     horizon_weight: float = 1.0,
     balance_weight: float = 1e-3,
+    balance: str = "global",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Fused loss + horizon_weight * sum of per-horizon losses + balance_weight * balance.
 
@@ -272,10 +303,10 @@ def mixture_loss(
     fused = masked_mean((out.fused - target).pow(2), valid_elems, (0, 1, 2))
     mask = out.cover[None, :, :, None] & valid_elems.unsqueeze(1)  # (B, n_h, H, A or 1)
     per = masked_mean((out.per_horizon - target.unsqueeze(1)).pow(2), mask, (0, 2, 3))  # (n_h,)
-    balance = balance_loss(out.weights, out.cover, valid_steps)
-    loss = fused + horizon_weight * per.sum() + balance_weight * balance
+    balance_term = BALANCE_LOSSES[balance](out.weights, out.cover, valid_steps)
+    loss = fused + horizon_weight * per.sum() + balance_weight * balance_term
     info = {"fused_loss": float(fused.detach()), "horizon_loss": float(per.sum().detach())}
-    info["horizon_balance"] = float(balance.detach())
+    info["horizon_balance"] = float(balance_term.detach())
     return loss, info
 
 

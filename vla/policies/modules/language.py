@@ -96,11 +96,12 @@ class CLIPTextEncoder(LanguageEncoder):
             raise LanguageEncoderError(f"CLIP text encoder needs a local directory; {path!r} does not exist")
         self.path = str(path)
         self.device = device
-        config = CLIPTextConfig.from_pretrained(self.path)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        # local_files_only: a path that is not a model directory fails here instead of reaching for a hub
+        config = CLIPTextConfig.from_pretrained(self.path, local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         has_projection = getattr(config, "projection_dim", None) is not None and _has_projection(self.path)
         cls = CLIPTextModelWithProjection if has_projection else CLIPTextModel
-        self.model = cls.from_pretrained(self.path).to(device).eval()
+        self.model = cls.from_pretrained(self.path, local_files_only=True).to(device).eval()
         self.max_length = int(config.max_position_embeddings)
         self.dim = int(config.projection_dim if has_projection else config.hidden_size)
         self.model.requires_grad_(False)

@@ -32,11 +32,12 @@ FUSED_DTYPES = ("float32", "bfloat16", "int8", "int8_dynamic", "int8_residual")
 class SwiGLU(nn.Module):
     """SiLU-gated feed-forward: w_out(value * silu(gate)), with [value; gate] = w_in(x)."""
 
-    def __init__(self, dim: int, hidden: int, bias: bool = False, dropout: float = 0.0):
+    def __init__(self, dim: int, hidden: int, bias: bool = False, dropout: float = 0.0, out_bias: bool | None = None):
+        """`bias`: biases in the projections; `out_bias`: the output projection's alone (None: as `bias`)."""
         super().__init__()
         self.hidden = hidden
         self.w_in = nn.Linear(dim, 2 * hidden, bias=bias)  # rows [0, hidden) value, [hidden, 2*hidden) gate
-        self.w_out = nn.Linear(hidden, dim, bias=bias)
+        self.w_out = nn.Linear(hidden, dim, bias=bias if out_bias is None else out_bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,7 +160,11 @@ class MoELayer(nn.Module):
         renormalize: bool = True,
         bias: bool = False,
         dropout: float = 0.0,
+        out_bias: bool | None = None,
+        token_sampling: bool = False,
     ):
+        """`token_sampling`: in training, a per-sequence routing input still draws its top-k once per token
+        (the MoDE authors' router); off: once per sequence. Inference routing is deterministic either way."""
         super().__init__()
         if not 1 <= top_k <= n_experts:
             raise ValueError(f"top_k must be in [1, n_experts={n_experts}], got {top_k}")
@@ -167,8 +172,9 @@ class MoELayer(nn.Module):
             raise ValueError(f"router has {router.n_experts} outputs but the layer has {n_experts} experts")
         self.top_k = top_k
         self.renormalize = renormalize
+        self.token_sampling = token_sampling
         self.router = router
-        self.experts = nn.ModuleList(SwiGLU(dim, hidden, bias, dropout) for _ in range(n_experts))
+        self.experts = nn.ModuleList(SwiGLU(dim, hidden, bias, dropout, out_bias) for _ in range(n_experts))
 
     @property
     def n_experts(self) -> int:
@@ -179,7 +185,12 @@ class MoELayer(nn.Module):
         return select_experts(self.router(route_input), self.top_k, self.training, self.renormalize, generator)
 
     def forward(self, x: torch.Tensor, route_input: torch.Tensor) -> tuple[torch.Tensor, Routing]:
-        routing = self.route(route_input)
+        if self.token_sampling and self.training and route_input.dim() == x.dim() - 1:
+            # the router runs once per sequence; every token then draws its own experts from those logits
+            logits = self.router(route_input).unsqueeze(-2).expand(*x.shape[:-1], self.n_experts)
+            routing = select_experts(logits, self.top_k, True, self.renormalize)
+        else:
+            routing = self.route(route_input)
         return self.dispatch(x, routing), routing
 
     def dispatch(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:

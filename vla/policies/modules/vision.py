@@ -1,7 +1,7 @@
 """ResNet-style image encoders with optional FiLM conditioning, built from scratch.
 
 No pretrained weights are downloaded: an encoder starts from random weights, or loads a local
-safetensors file (`load_weights`) whose keys match this module. The ResNet-18 layout is
+safetensors (or weights-only torch) file (`load_weights`) whose keys match this module. The ResNet-18 layout is
 `widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2)`; smaller presets shrink both.
 
 FiLM (Perez et al. 2018): each residual block scales and shifts its second normalised feature map
@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
+
+from vla.errors import PolicyError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -104,8 +106,31 @@ class FiLMResNet(nn.Module):
         return self.head(x.mean(dim=(-2, -1)))
 
     def load_weights(self, path: str | Path, strict: bool = True) -> None:
-        """Load a local safetensors file with this module's keys (no hub, no pickle)."""
-        self.load_state_dict(load_file(str(path)), strict=strict)
+        """Load a local file with this module's keys (safetensors, or a torch file read weights-only)."""
+        try:
+            self.load_state_dict(read_weights(path), strict=strict)
+        except RuntimeError as e:
+            first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+            raise PolicyError(f"{path}: the weights do not fit this FiLM ResNet ({first})") from None
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a local safetensors file or a torch file (weights_only=True: no pickled code)."""
+    p = Path(path)
+    if not p.is_file():
+        raise PolicyError(f"vision weights {str(p)!r} not found: give a local .safetensors (or torch) file")
+    if p.suffix == ".safetensors":
+        return load_file(str(p))
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle needing code, or not a torch file at all
+        raise PolicyError(f"{p}: cannot be read as weights with weights_only=True ({e}); use safetensors") from e
+    for key in ("state_dict", "model"):  # common checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PolicyError(f"{p}: expected a state dict of tensors")
+    return state
 
 
 def to_float_images(images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
