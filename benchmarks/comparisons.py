@@ -127,16 +127,22 @@ def run_variant(name: str, variant: Variant, seed: int, args: argparse.Namespace
     return out
 
 
+# dynamic inference decides its own replanning: the one protocol setting the two sides may differ in
+DYNAMIC_SETTINGS = ("replan_steps", "dynamic_horizon")
+
+
 def compare(comp: Comparison, evals: dict[str, list[Path]]) -> dict[str, Any]:
     from vla.eval.compare import aggregate_seeds, compare_runs
 
-    c = compare_runs(evals[comp.variant], evals[comp.baseline])
+    ignore = DYNAMIC_SETTINGS if any(VARIANTS[v].dynamic for v in comp.variants) else ()
+    c = compare_runs(evals[comp.variant], evals[comp.baseline], ignore_settings=ignore,
+                     labels=(comp.variant, comp.baseline))  # fmt: skip
     return {
         "label": comp.label,
         "variant": comp.variant,
         "baseline": comp.baseline,
         "comparison": c.to_json(),
-        "seeds": {v: aggregate_seeds(evals[v]).to_json() for v in comp.variants},
+        "seeds": {v: aggregate_seeds(evals[v]).to_json()["overall"] for v in comp.variants},
     }
 
 
@@ -178,18 +184,23 @@ def result_line(result: dict[str, Any]) -> str:
 
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     """One row per comparison: both sides' mean success over seeds (95% t-interval across seeds), the paired
-    difference (bootstrap 95%), McNemar's exact p and the number of seeds x paired episodes."""
+    difference with its bootstrap 95% interval and, with several seeds, the t-interval over the per-seed
+    differences (the bootstrap is too narrow with 3 seeds: docs/statistics.md), McNemar's exact p and the
+    number of seeds x paired episodes."""
     lines = [
-        "| comparison | variant | baseline | difference (points) | McNemar p | seeds x episodes |",
-        "|---|---|---|---|---|---|",
+        "| comparison | variant | baseline | difference (points) [bootstrap 95%] | [t 95% over seeds] "
+        "| McNemar p | seeds x episodes |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r["comparison"]
         sides = [_seed_cell(r["seeds"][k]) for k in (r["variant"], r["baseline"])]
         lo, hi = c["ci95"]
         diff = f"{100 * c['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        t = c.get("seed_t_ci95")
+        t_cell = f"[{100 * t[0]:+.1f}, {100 * t[1]:+.1f}]" if t else "-"
         shape = f"{c['n_seeds']} x {c['n_pairs'] // max(c['n_seeds'], 1)}"
-        lines.append(f"| {r['label']} | {sides[0]} | {sides[1]} | {diff} | {c['p_mcnemar']:.3f} | {shape} |")
+        lines.append(f"| {r['label']} | {sides[0]} | {sides[1]} | {diff} | {t_cell} | {c['p_mcnemar']:.3f} | {shape} |")
     return "\n".join(lines)
 
 
