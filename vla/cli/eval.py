@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vla.cli.options import DEVICE_HELP
+from vla.cli.options import DEVICE_HELP, PerturbOption, PerturbSeedOption
 
 RayOption = Annotated[
     str | None,
@@ -70,15 +70,8 @@ def libero(
     api_key: Annotated[
         str | None, typer.Option(envvar="VLA_SERVE_TOKEN", help="--policy ws://...: the server's api key.")
     ] = None,
-    perturb: Annotated[
-        str | None,
-        typer.Option(
-            metavar="objects=D",
-            help="Perturbed layouts: every movable object of each initial state moved D metres in a random "
-            "direction (kept apart and on the surface; recorded in the settings and per episode).",
-        ),
-    ] = None,
-    perturb_seed: Annotated[int, typer.Option(help="Seed of the --perturb directions (same seed: same layouts).")] = 0,
+    perturb: PerturbOption = None,
+    perturb_seed: PerturbSeedOption = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out (else start over).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with the running success rate.")] = True,
 ) -> None:

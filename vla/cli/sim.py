@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vla.cli.options import PerturbOption, PerturbSeedOption
+
 if TYPE_CHECKING:
     from vla.sim.scripted import TaskReport
 
@@ -43,15 +45,8 @@ def demos(
     image_size: Annotated[int, typer.Option(help="Square camera resolution.")] = 128,
     seed: Annotated[int, typer.Option(help="Seeds the expert's per-episode variation.")] = 0,
     max_steps: Annotated[int | None, typer.Option(help="Step budget per episode (default: the suite's).")] = None,
-    perturb: Annotated[
-        str | None,
-        typer.Option(
-            metavar="objects=D",
-            help="Start from perturbed layouts (as `vla eval libero --perturb`): the expert's success rate on "
-            "them says whether they are still solvable.",
-        ),
-    ] = None,
-    perturb_seed: Annotated[int, typer.Option(help="Seed of the --perturb directions.")] = 0,
+    perturb: PerturbOption = None,
+    perturb_seed: PerturbSeedOption = 0,
 ) -> None:
     """Scripted pick-and-place demonstrations in LIBERO's dataset layout; only successes are kept.
 

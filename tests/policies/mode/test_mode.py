@@ -218,7 +218,8 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     noise = torch.randn(2, cfg.chunk_size, cfg.action_dim)
     before = policy.predict_chunk(batch, noise=noise)
     path = policy.save_pretrained(tmp_path / "ckpt")
-    assert {p.name for p in path.iterdir()} == {"config.json", "model.safetensors", NORMALIZATION_FILE}
+    # README.md: the model card the Hub layout writes
+    assert {p.name for p in path.iterdir()} == {"config.json", "model.safetensors", NORMALIZATION_FILE, "README.md"}
     for loader in (MoDEPolicy.from_pretrained, Policy.from_pretrained):
         loaded = loader(path).eval()
         assert isinstance(loaded, MoDEPolicy) and loaded.config == cfg

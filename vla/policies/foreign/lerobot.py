@@ -44,6 +44,9 @@ class LeRobotPlanner:
         from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 
         self.source = f"{LEROBOT_PREFIX}{path}"
+        from vla.policies.pretrained import resolve_device
+
+        device = str(resolve_device(device))  # lerobot takes a concrete device, not "auto"
         try:
             cfg = PreTrainedConfig.from_pretrained(path, local_files_only=True)
             cfg.device = device
