@@ -137,3 +137,24 @@ def test_vla_robot_accepts_a_lerobot_calibration_file(tmp_path: Path) -> None:
                                         "--port", emu.port, "--sweep-s", "0.1"], input="\n\n")  # fmt: skip
     assert done.exit_code == 0, done.output
     assert load_arm(out).joint_names == JOINTS
+
+
+def test_connect_tries_again_when_the_motor_check_misses_a_servo() -> None:
+    from vla.real_robot.drivers.lerobot_robot import CONNECT_TRIES, _connect_with_retries
+
+    class Flaky:
+        def __init__(self, failures: int):
+            self.failures, self.calls = failures, 0
+
+        def connect(self, calibrate: bool) -> None:
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise RuntimeError("FeetechMotorsBus motor check failed: missing motor IDs 1, 2")
+
+    once = Flaky(1)
+    _connect_with_retries(once)
+    assert once.calls == 2
+    never = Flaky(CONNECT_TRIES)
+    with pytest.raises(RuntimeError, match="motor check"):
+        _connect_with_retries(never)
+    assert never.calls == CONNECT_TRIES

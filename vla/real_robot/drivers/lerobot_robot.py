@@ -66,6 +66,25 @@ def lerobot_config(spec: ArmSpec, port: str | None) -> Any:
         raise ArmFileError(f"{spec.name}: bad LeRobot {kind} config ({e})") from None
 
 
+CONNECT_TRIES = 3  # a servo that misses the bus-wide ping (busy host, slow USB adapter) answers the next one
+
+
+def _connect_with_retries(robot: Any) -> None:
+    """LeRobot's connect (never its calibration prompts: the file is the calibration), tried again when the
+    motor check misses a servo; the last failure is raised."""
+    for attempt in range(CONNECT_TRIES):
+        try:
+            robot.connect(calibrate=False)
+            return
+        except (ConnectionError, RuntimeError):  # lerobot's motor check raises RuntimeError
+            if attempt == CONNECT_TRIES - 1:
+                raise
+            bus = getattr(robot, "bus", None)
+            port = getattr(bus, "port_handler", None)
+            if port is not None and getattr(port, "is_open", False):
+                port.closePort()  # the failed check left the port open; connect opens it again
+
+
 class LeRobotArm(Robot):
     def __init__(self, spec: ArmSpec, port: str | None = None, torque: bool = True):
         super().__init__(spec)
@@ -89,7 +108,7 @@ class LeRobotArm(Robot):
             raise ArmFileError(f"{self.spec.name}: calibration file {self.spec.extra['calibration']} is empty "
                                "or not LeRobot's calibration format")  # fmt: skip
         try:
-            robot.connect(calibrate=False)  # never LeRobot's prompts: the file is the calibration
+            _connect_with_retries(robot)
             if hasattr(robot, "bus") and not robot.is_calibrated:
                 robot.bus.write_calibration(robot.calibration)
             if not self.torque and hasattr(robot, "bus"):
