@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from libero_runs import DEFAULT_STORE, ensure_store
 
-DEFAULT_STORE = "/work/runs/demo/stores/libero.zarr"
 VARIANTS: dict[str, dict[str, Any]] = {
     "cpu": {},
     "residual_norm": {"ffn_norm": "residual"},
@@ -107,13 +107,14 @@ def held_out_mse(policy: Any, mixture: Any, eval_idx: np.ndarray, seed: int) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", default=DEFAULT_STORE)
+    ap.add_argument("--store", type=Path, default=DEFAULT_STORE, help="LIBERO demo store (built when missing)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--eval-windows", type=int, default=256)
     ap.add_argument("--only", default=None, help="comma-separated variant names (default: all)")
     ap.add_argument("--out", default=None, help="append one JSON line per run here (runs already there are reused)")
     args = ap.parse_args()
+    args.store = str(ensure_store(args.store, seed=0))
     from vla.policies.mode.configuration_mode import AUTHORS
 
     names = args.only.split(",") if args.only else list(VARIANTS)

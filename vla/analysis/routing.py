@@ -22,6 +22,7 @@ import torch
 
 from vla.analysis.windows import collate, embodiment_remap, policy_windows
 from vla.errors import VlaError
+from vla.files import atomic_write_text
 from vla.policies.policy import Policy
 
 GROUPINGS = ("embodiment", "task", "level")
@@ -149,10 +150,10 @@ def write_routing_report(stats: RoutingStats, out_dir: str | Path, title: str = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / "routing.json", "markdown": out / "routing.md"}
-    _atomic_text(files["json"], json.dumps(stats.to_json(), indent=2))
+    atomic_write_text(files["json"], json.dumps(stats.to_json(), indent=2))
     for grouping in GROUPINGS:
         files[grouping] = plot_heatmap(stats, grouping, out / f"routing_{grouping}.png", title)
-    _atomic_text(files["markdown"], markdown_report(stats, title))
+    atomic_write_text(files["markdown"], markdown_report(stats, title))
     return files
 
 
@@ -202,9 +203,3 @@ def plot_heatmap(stats: RoutingStats, grouping: str, path: Path, title: str = ""
     plt.close(fig)
     tmp.replace(path)
     return path
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    tmp.replace(path)

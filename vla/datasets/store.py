@@ -35,6 +35,7 @@ from vla.datasets.image_codecs import ErrorMeter, ImageCodec
 from vla.datasets.spec import SCHEMA_VERSION, STORE_FORMAT, KeySpec, StoreSpec
 from vla.datasets.stats import image_stats, lowdim_stats
 from vla.errors import DataError
+from vla.files import atomic_write_text
 
 ATTRS_KEY = "vla"
 JOURNAL = "_vla_journal.json"
@@ -166,9 +167,7 @@ def _chunking(spec: KeySpec) -> dict[str, Any]:
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj))
 
 
 def is_finished_store(path: Path) -> bool:

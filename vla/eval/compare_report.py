@@ -11,8 +11,8 @@ from pathlib import Path
 from rich.table import Table
 
 from vla.eval.compare import Comparison, SeedStats, SeedSummary, format_difference
-from vla.eval.results import _atomic_write
 from vla.eval.statistics import format_rate
+from vla.files import atomic_write_text
 
 COMPARE_MD, COMPARE_JSON, COMPARE_PLOT = "compare.md", "compare.json", "compare.png"
 AGGREGATE_MD, AGGREGATE_JSON = "aggregate.md", "aggregate.json"
@@ -159,9 +159,9 @@ def write_comparison(out: str | Path, comparisons: Sequence[Comparison]) -> dict
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / COMPARE_JSON, "plot": out / COMPARE_PLOT, "md": out / COMPARE_MD}
-    _atomic_write(files["json"], json.dumps({"comparisons": [c.to_json() for c in comparisons]}, indent=2))
+    atomic_write_text(files["json"], json.dumps({"comparisons": [c.to_json() for c in comparisons]}, indent=2))
     plot_differences(comparisons, files["plot"])
-    _atomic_write(files["md"], comparison_markdown(comparisons, COMPARE_PLOT))
+    atomic_write_text(files["md"], comparison_markdown(comparisons, COMPARE_PLOT))
     return files
 
 
@@ -210,6 +210,6 @@ def write_aggregate(out: str | Path, summary: SeedSummary) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / AGGREGATE_JSON, "md": out / AGGREGATE_MD}
-    _atomic_write(files["json"], json.dumps(summary.to_json(), indent=2))
-    _atomic_write(files["md"], aggregate_markdown(summary))
+    atomic_write_text(files["json"], json.dumps(summary.to_json(), indent=2))
+    atomic_write_text(files["md"], aggregate_markdown(summary))
     return files

@@ -20,6 +20,7 @@ from typing import Any
 
 from vla.eval.episodes import EpisodeResult, EpisodeSpec, EvalError
 from vla.eval.statistics import wilson_interval
+from vla.files import atomic_write_text
 
 EPISODES_FILE = "episodes.jsonl"
 RUN_FILE = "run.json"
@@ -57,7 +58,7 @@ class ResultsLog:
         else:
             self.path.unlink(missing_ok=True)
             (self.dir / SUMMARY_FILE).unlink(missing_ok=True)
-        _atomic_write(run_file, json.dumps(settings, indent=2))
+        atomic_write_text(run_file, json.dumps(settings, indent=2))
         return self
 
     def _load(self) -> None:
@@ -133,14 +134,8 @@ def group_rates(records: Iterable[Mapping[str, Any]], key: str) -> dict[str, dic
 
 def write_summary(out_dir: str | Path, summary: Mapping[str, Any]) -> Path:
     path = Path(out_dir) / SUMMARY_FILE
-    _atomic_write(path, json.dumps(summary, indent=2))
+    atomic_write_text(path, json.dumps(summary, indent=2))
     return path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def start_run(

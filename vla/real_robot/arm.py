@@ -13,6 +13,7 @@ import numpy as np
 import yaml
 
 from vla.errors import VlaError
+from vla.files import atomic_write_text
 
 ARMS_DIR = Path(__file__).parent / "arms"
 LEROBOT_PREFIX = "lerobot:"  # `--robot lerobot:TYPE`: LeRobot's driver for that robot type (arms/lerobot_TYPE.yaml)
@@ -281,7 +282,4 @@ def save_arm(spec: ArmSpec, path: str | Path) -> Path:
     path = Path(path)
     d = spec.to_dict()
     text = json.dumps(d, indent=2) if path.suffix == ".json" else yaml.safe_dump(d, sort_keys=False)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, text)

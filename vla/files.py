@@ -1,0 +1,16 @@
+"""Writing a file so that a reader never sees half of it: write a temporary sibling, then rename it over the
+target (a rename within one folder is atomic). One place for every small text output the toolkit writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` through `<name>.tmp` and a rename; the path."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
