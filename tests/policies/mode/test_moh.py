@@ -190,7 +190,21 @@ def test_moh_cpu_preset_is_the_cpu_model_with_three_horizons():
     moh = MoDEConfig.from_preset("moh_cpu", state_dim=8, action_dim=7, camera_keys=())
     cpu = MoDEConfig.from_preset("cpu", state_dim=8, action_dim=7, camera_keys=())
     assert moh.horizons == (5, 10, 15) and moh.chunk_size == 15 and moh.action_attention == "full"
-    assert moh == cpu.replace(**MoDEConfig.moh_overrides((5, 10, 15)))
+    assert moh == cpu.replace(**MoDEConfig.moh_overrides((5, 10, 15)), dynamic_stop_cover=0)
+
+
+def test_moh_cpu_dynamic_inference_can_run_past_the_first_five_steps():
+    """With three horizons the default stop cover (5) would stop every plan at dynamic_min_steps; the
+    preset's 0 lets agreeing horizons run the chunk to its end."""
+    from vla.policies.modules.horizons import dynamic_horizon
+
+    moh = MoDEConfig.from_preset("moh_cpu", state_dim=8, action_dim=7, camera_keys=())
+    cover = torch.tensor([3] * 5 + [2] * 5 + [1] * 5)
+    agree = torch.tensor([[1.0] * 5 + [0.5] * 5 + [0.0] * 5])  # later steps agree more than the first five
+    n = dynamic_horizon(agree, cover, 1.3, moh.dynamic_window, moh.dynamic_min_steps, moh.dynamic_stop_cover)
+    assert int(n) == 15
+    n_default = dynamic_horizon(agree, cover, 1.3, moh.dynamic_window, moh.dynamic_min_steps, 5)
+    assert int(n_default) == 5
     policy = MoDEPolicy(moh, stats_for(moh))
     loss, _ = policy(make_batch(moh, 2))
     assert torch.isfinite(loss)

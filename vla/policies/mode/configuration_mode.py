@@ -213,4 +213,14 @@ MoDEConfig.presets.update(
 # fixed-chunk model's on a CPU (165 action tokens instead of 10); three horizons 5/10/15 (30 tokens) train at
 # ~2x and still let dynamic inference execute up to 15 steps of a chunk, 3x the openpi protocol's 5.
 MOH_CPU_HORIZONS = (5, 10, 15)
-MoDEConfig.presets["moh_cpu"] = {**MoDEConfig.presets["cpu"], **MoDEConfig.moh_overrides(MOH_CPU_HORIZONS)}
+# Dynamic inference stops where `dynamic_stop_cover` or fewer horizons cover a step. The default 5 suits ten
+# horizons; with three, every step after the first five is covered by 2 or fewer, so 5 would always execute
+# exactly `dynamic_min_steps`. With 0, steps 5-9 (covered by the 10- and 15-step horizons) are judged by
+# their disagreement, and a chunk whose two long horizons agree there runs to its end (15 steps): at r = 1.3
+# the demo policy executes 10.8 steps per plan on training windows (2.2x the fixed 5). Inference only.
+MOH_CPU_STOP_COVER = 0
+MoDEConfig.presets["moh_cpu"] = {
+    **MoDEConfig.presets["cpu"],
+    **MoDEConfig.moh_overrides(MOH_CPU_HORIZONS),
+    "dynamic_stop_cover": MOH_CPU_STOP_COVER,
+}
