@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from vla.keys import STATE_KEY, TASK_KEY
+from vla.policies.pretrained import resolve_checkpoint
 from vla.policies.runtime import PolicyPlanner
 from vla.policies.specialise import export_specialised
 
@@ -77,19 +78,22 @@ def peak_bytes(planner: PolicyPlanner, frames: dict[str, Any]) -> float:
         return float("nan")
 
 
-def latency(planner: PolicyPlanner, frames: dict[str, Any], repeats: int) -> list[float]:
-    device = planner.policy.device
-    for _ in range(2):  # warm-up: language embedding cache, kernels
-        plan(planner, frames)
-    times = []
+def latencies(planners: dict[str, PolicyPlanner], frames: dict[str, Any], repeats: int) -> dict[str, list[float]]:
+    """Batch-1 plan times per planner, the planners interleaved so that a busy machine slows both alike."""
+    for planner in planners.values():
+        for _ in range(2):  # warm-up: language embedding cache, kernels
+            plan(planner, frames)
+    times: dict[str, list[float]] = {name: [] for name in planners}
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        plan(planner, frames)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t)
+        for name, planner in planners.items():
+            device = planner.policy.device
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t = time.perf_counter()
+            plan(planner, frames)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append(time.perf_counter() - t)
     return times
 
 
@@ -104,11 +108,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    full = PolicyPlanner.load(args.run, args.device, embodiment=args.embodiment)
+    checkpoint = resolve_checkpoint(args.run)
+    full = PolicyPlanner.load(checkpoint, args.device, embodiment=args.embodiment)
     is_mode = full.policy.config.name == "mode"
     with tempfile.TemporaryDirectory() as tmp:
         summary = export_specialised(
-            args.run, Path(tmp) / "specialised", embodiment=None if is_mode else args.embodiment, expert_plan=is_mode
+            checkpoint, Path(tmp) / "specialised", embodiment=None if is_mode else args.embodiment, expert_plan=is_mode
         )
         special = PolicyPlanner.load(summary.out, args.device, embodiment=args.embodiment)
     spec = summary.specialisation
@@ -117,9 +122,11 @@ def main() -> None:
         obs = observation(full, seed, args.task)
         diffs.append(float(np.abs(plan(full, obs, seed) - plan(special, obs, seed)).max()))
     frames = observation(full, 0, args.task)
+    planners = {"full": full, "specialised": special}
+    all_times = latencies(planners, frames, args.repeats)
     rows = {}
-    for name, planner in (("full", full), ("specialised", special)):
-        times = latency(planner, frames, args.repeats)
+    for name, planner in planners.items():
+        times = all_times[name]
         q1, med, q3 = np.percentile(times, [25, 50, 75])
         rows[name] = {
             "parameters": sum(p.numel() for p in planner.policy.parameters()),

@@ -79,7 +79,7 @@ class PlannedFFN:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
-        return self.layer.run_experts(x, self.experts.expand(b, -1), self.gates.expand(b, -1))
+        return self.layer.run_experts(x, self.experts.expand(b, -1), self.gates.expand(b, -1), held_only=True)
 
 
 @dataclass

@@ -231,15 +231,16 @@ class MoELayer(nn.Module):
         """Run each expert on the tokens routed to it and add the gate-weighted results."""
         return self.run_experts(x, routing.indices, routing.weights)
 
-    def run_experts(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def run_experts(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, held_only: bool = False) -> torch.Tensor:
         """`dispatch` for chosen experts `idx` (ids among the router's outputs) and gate weights `w`, both
-        (B, k) per sequence or (B, T, k) per token."""
+        (B, k) per sequence or (B, T, k) per token. `held_only`: the caller guarantees every id is held (a
+        plan made from this layer's experts), so the check for dropped experts is skipped."""
         if idx.dim() == x.dim() - 1:  # per-sequence routing: every token of a sequence shares it
             idx = idx.unsqueeze(-2).expand(*x.shape[:-1], self.top_k)
             w = w.unsqueeze(-2).expand(*x.shape[:-1], self.top_k)
         flat_x = x.reshape(-1, x.shape[-1])
         flat_idx, flat_w = idx.reshape(-1, self.top_k), w.reshape(-1, self.top_k)
-        if not self.holds_all:
+        if not self.holds_all and not held_only:
             self._check_held(flat_idx)
         out = torch.zeros_like(flat_x)
         keep_idle = self.keep_idle_experts and torch.is_grad_enabled()
@@ -259,9 +260,11 @@ class MoELayer(nn.Module):
         return out.reshape(x.shape)
 
     def _check_held(self, flat_idx: torch.Tensor) -> None:
-        held = torch.tensor(self.expert_ids, device=flat_idx.device)
-        missing = flat_idx[~torch.isin(flat_idx, held)]
-        if missing.numel():
+        held = torch.zeros(self.n_experts, dtype=torch.bool, device=flat_idx.device)
+        held[list(self.expert_ids)] = True
+        chosen_held = held[flat_idx]
+        if not bool(chosen_held.all()):
+            missing = flat_idx[~chosen_held]
             raise PolicyError(
                 f"the routing chose expert(s) {sorted(set(missing.tolist()))}, which this specialised checkpoint "
                 f"dropped (it keeps {list(self.expert_ids)}): it runs only the embodiment or schedule it was "
