@@ -8,6 +8,7 @@ import typer
 
 from vla.cli import data, demo, robot, sim
 from vla.cli import eval as eval_cli
+from vla.cli import export as export_cli
 from vla.cli import inspect as inspect_cli
 from vla.cli import train as train_cli
 from vla.errors import VlaError
@@ -28,6 +29,7 @@ app.add_typer(robot.app, name="robot")
 app.add_typer(inspect_cli.app, name="inspect")
 app.command(name="deploy")(robot.deploy)
 app.command(name="serve")(robot.serve)
+app.command(name="export")(export_cli.export)
 
 
 def main() -> None:

@@ -70,9 +70,20 @@ class EmbodimentLayout:
 
     @classmethod
     def of(cls, policy: Policy, embodiment: str | None) -> EmbodimentLayout | None:
-        """The layout of `embodiment` in `policy` (None for single-embodiment policies)."""
+        """The layout of `embodiment` in `policy` (None for single-embodiment policies). A checkpoint exported
+        for one embodiment (`vla export --embodiment`) runs as that one by default and refuses any other."""
         table = policy.embodiments
-        return None if table is None else table.layout(embodiment)
+        if table is None:
+            return None
+        only = getattr(policy.config, "specialised_embodiment", None)
+        if only is not None and embodiment is None:
+            embodiment = only
+        elif only is not None and embodiment != only:
+            raise PolicyError(
+                f"this checkpoint was exported for embodiment {only!r} only (vla export --embodiment); the "
+                f"robot/environment is {embodiment!r}: use the full checkpoint, or export one for {embodiment!r}"
+            )
+        return table.layout(embodiment)
 
     @property
     def state_dim(self) -> int | None:

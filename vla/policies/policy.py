@@ -207,6 +207,19 @@ class Policy(nn.Module, PyTorchModelHubMixin, library_name="vla", tags=["robotic
         """The noise/time levels inference runs the action network at, and their name ("sigma", "t")."""
         raise PolicyError(f"{type(self).__name__} has no mixture-of-experts layers to inspect")
 
+    # --- router-decoupled specialisation (vla export, vla/policies/specialise.py) ---------------------------
+    def specialise(self, embodiment: str | None = None, expert_plan: bool = False) -> dict[str, Any]:
+        """Keep only the experts that can fire for one embodiment (HiMoE) or one sampling schedule (MoDE's
+        per-step expert plan), in place; the config records what was kept. Returns `specialisation()`."""
+        raise PolicyError(
+            f"a {self.config.name!r} policy has no experts whose routing is known ahead: `vla export` specialises "
+            "HiMoE checkpoints (--embodiment) and MoDE checkpoints (--expert-plan)"
+        )
+
+    def specialisation(self) -> dict[str, Any] | None:
+        """What an exported (specialised) checkpoint was made for; None for a full model."""
+        return None
+
     # --- accounting ------------------------------------------------------------------------------------
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -143,7 +143,8 @@ class PolicyPlanner:
     ):
         self.policy = policy.eval()
         self.layout: EmbodimentLayout | None = None
-        if embodiment is not None:
+        # a checkpoint exported for one embodiment (vla export) drives that robot unless told otherwise
+        if embodiment is not None or getattr(policy.config, "specialised_embodiment", None) is not None:
             self.bind_embodiment(embodiment)
         if dynamic_horizon is not None:
             self._set_dynamic_horizon(float(dynamic_horizon))
@@ -251,4 +252,13 @@ class PolicyPlanner:
             "replan_steps": "policy-decided" if self.decides_horizon else self.replan_steps,
             **({"dynamic_horizon": cfg.dynamic_ratio} if getattr(cfg, "dynamic_ratio", None) is not None else {}),
             "parameters": int(sum(p.numel() for p in self.policy.parameters())),
+            # an exported checkpoint (vla export): only the experts that can fire are loaded
+            **({"specialised": spec} if (spec := _specialisation(self.policy)) is not None else {}),
         }
+
+
+def _specialisation(policy: Any) -> dict[str, Any] | None:
+    """What an exported checkpoint was specialised for (`Policy.specialisation`); None for a full model or an
+    object that is not one of ours."""
+    describe = getattr(policy, "specialisation", None)
+    return describe() if callable(describe) else None

@@ -52,6 +52,10 @@ class HiMoEConfig(HorizonFields, ConditioningFields, PolicyConfig):
     supcon_weight: float = 0.002
     supcon_temperature: float = 0.1
     supcon_max_tokens: int = 1024  # tokens per supcon term (a random subset beyond that)
+    # `vla export --embodiment` (None: the full model): per AS-MoE layer, the experts kept (those the one
+    # embodiment's action-space identity can select), and that embodiment (None: a single-embodiment policy)
+    as_kept_experts: tuple[tuple[int, ...], ...] | None = None
+    specialised_embodiment: str | None = None
     # --- Heterogeneity-Balancing MoE ---
     hb_experts: int = 32
     hb_hidden: int = 1024
@@ -92,6 +96,7 @@ class HiMoEConfig(HorizonFields, ConditioningFields, PolicyConfig):
             problems.append(f"as_top_k {self.as_top_k} must be in [1, as_experts={self.as_experts}]")
         if not 1 <= self.hb_top_k <= self.hb_experts:
             problems.append(f"hb_top_k {self.hb_top_k} must be in [1, hb_experts={self.hb_experts}]")
+        problems += self._specialisation_problems()
         if self.as_router_input not in ACTION_SPACE_INPUTS:
             problems.append(f"as_router_input {self.as_router_input!r} not in {ACTION_SPACE_INPUTS}")
         if self.time_sampler not in TIME_SAMPLERS:
@@ -115,6 +120,22 @@ class HiMoEConfig(HorizonFields, ConditioningFields, PolicyConfig):
         problems += self.language_problems() + self.vision_problems() + self.horizon_problems()
         if problems:
             raise PolicyError("invalid HiMoE config: " + "; ".join(problems))
+
+    def _specialisation_problems(self) -> list[str]:
+        kept = self.as_kept_experts
+        if kept is None:
+            return ["specialised_embodiment needs as_kept_experts"] if self.specialised_embodiment is not None else []
+        n_as = self.layer_pattern.count("a")
+        ok = len(kept) == n_as and all(
+            len(k) >= self.as_top_k and list(k) == sorted(set(k)) and k[0] >= 0 and k[-1] < self.as_experts
+            for k in kept
+        )
+        if not ok:
+            return [
+                f"as_kept_experts: needs one entry per AS-MoE layer ({n_as}), each at least as_top_k={self.as_top_k} "
+                f"distinct ascending expert ids in 0..{self.as_experts - 1}"
+            ]
+        return []
 
     @property
     def n_layers(self) -> int:

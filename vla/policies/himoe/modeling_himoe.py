@@ -27,12 +27,17 @@ mask come from the batch's `action_slot_mask` (training) or from the policy's em
 (`policy.embodiments`, each robot's slots) and `embodiment_id` (inference); padded slots and padded
 chunk steps are excluded from the flow loss, and predictions there are zeroed. `predict_native`
 returns each row in its robot's own layout and units. With native (single-embodiment) data every dimension is real.
+
+Specialised export (`vla export --embodiment NAME`, `specialise`): the AS-MoE router reads only the
+action-space identity, so one embodiment can only ever select the same top-k experts of each AS-MoE layer;
+the export keeps those (`as_kept_experts`) and the full router (so the gate weights are unchanged), and
+refuses rows of any other embodiment.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +71,7 @@ from vla.policies.modules.horizons import (
     mixture_loss,
 )
 from vla.policies.modules.init import init_linear_weights
-from vla.policies.modules.moe import Routing, dense_routing_weights
+from vla.policies.modules.moe import Routing, dense_routing_weights, select_experts
 from vla.policies.policy import Policy
 from vla.policies.routing import LayerRouting
 
@@ -82,7 +87,8 @@ class LayerRecord:
 
 
 class HiMoEBlock(nn.Module):
-    def __init__(self, config: HiMoEConfig, kind: str, route_dim: int):
+    def __init__(self, config: HiMoEConfig, kind: str, route_dim: int, held: Sequence[int] | None = None):
+        """`held`: an AS-MoE layer's kept experts (a specialised export's; None: all)."""
         super().__init__()
         d = config.width
         self.kind = kind
@@ -91,7 +97,7 @@ class HiMoEBlock(nn.Module):
         self.cross = Attention(d, config.n_heads, config.attn_dropout)
         self.ffn: nn.Module
         if kind == "action_space":
-            self.ffn = ActionSpaceMoE(d, config.as_hidden, config.as_experts, route_dim, config.as_top_k, False)
+            self.ffn = ActionSpaceMoE(d, config.as_hidden, config.as_experts, route_dim, config.as_top_k, False, held)
         elif kind == "hb":
             self.ffn = HBMoE(
                 d,
@@ -144,7 +150,11 @@ class ActionTransformer(nn.Module):
         self.action_in = nn.Linear(config.action_dim, d)
         self.time_mlp = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, d))
         self.pos_emb = nn.Parameter(torch.zeros(1, 1 + config.chunk_size, d))
-        self.blocks = nn.ModuleList(HiMoEBlock(config, kind, route_dim) for kind in config.layer_kinds)
+        kept = iter(config.as_kept_experts or ())  # one entry per AS-MoE layer, in depth order
+        self.blocks = nn.ModuleList(
+            HiMoEBlock(config, kind, route_dim, next(kept, None) if kind == "action_space" else None)
+            for kind in config.layer_kinds
+        )
         self.norm = nn.RMSNorm(d, eps=1e-6)
         self.action_out = nn.Linear(d, config.action_dim)
         init_linear_weights(self)
@@ -272,6 +282,7 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
         cfg = self.config
         b = self._batch_size(batch)
         ids = self._embodiment_ids(batch, b)
+        self._check_specialised(ids)
         size = cfg.image_size if cfg.backbone == "default" else None  # a VLM resizes to its own size
         images = {k: x.to(self.device) for k, x in camera_frames(batch, cfg.camera_keys, cfg.n_obs, size).items()}
         tokens, valid = self.backbone(images, self._tasks(batch))
@@ -296,6 +307,82 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
         amask = self.slot_mask("action", batch, ids, cfg.action_dim)
         route = action_space_input(amask, ids, cfg.as_router_input, cfg.max_embodiments)
         return Encoded(state_token.to(cond), cond, valid, route.to(cond), amask, ids)
+
+    # --- specialised export (vla export --embodiment) -------------------------------------------------------
+    def _specialised_id(self) -> int | None:
+        name = self.config.specialised_embodiment
+        table = self.embodiments
+        if name is None or table is None:
+            return None
+        return table.layout(name).embodiment_id
+
+    def _check_specialised(self, ids: torch.Tensor) -> None:
+        """A checkpoint exported for one embodiment refuses rows of any other (their experts were dropped)."""
+        only = self._specialised_id()
+        if only is None or bool((ids == only).all()):
+            return
+        table = self.embodiments
+        assert table is not None
+        others = sorted(
+            {table.names[i] if 0 <= i < len(table.names) else str(i) for i in ids.tolist()} - {table.names[only]}
+        )
+        raise PolicyError(
+            f"this checkpoint was exported for embodiment {table.names[only]!r} only (vla export --embodiment); "
+            f"the batch has {', '.join(map(repr, others))}: use the full checkpoint, or export one per embodiment"
+        )
+
+    @torch.no_grad()
+    def specialise(self, embodiment: str | None = None, expert_plan: bool = False) -> dict[str, Any]:
+        """Keep, in every AS-MoE layer, only the experts `embodiment`'s action-space identity selects, in place.
+
+        The router input is a constant per embodiment (its slot mask, with `mask_id` its one-hot id too), so the
+        deterministic top-k of each AS-MoE router is one fixed set: evaluating the router on that input is the
+        whole analysis. The routers stay whole, so the kept experts' gate weights are the full model's."""
+        cfg = self.config
+        if expert_plan:
+            raise PolicyError(
+                "--expert-plan is for MoDE (noise-routed); a HiMoE checkpoint is exported per --embodiment"
+            )
+        if cfg.as_kept_experts is not None:
+            raise PolicyError("this checkpoint is already specialised; export from the full checkpoint")
+        table = self.embodiments
+        if table is None and embodiment is not None:
+            raise PolicyError(
+                f"--embodiment {embodiment}: this HiMoE policy was trained on one robot (it has no embodiment "
+                "table); export it without --embodiment"
+            )
+        if table is not None:
+            if embodiment is None:
+                raise PolicyError(f"--embodiment: name the robot to export for, one of {', '.join(table.names)}")
+            eid = table.layout(embodiment).embodiment_id
+        else:
+            eid = 0
+        ids = torch.full((1,), eid, dtype=torch.long, device=self.device)
+        amask = self.slot_mask("action", {}, ids, cfg.action_dim)  # what `encode` builds at inference
+        route = action_space_input(amask, ids, cfg.as_router_input, cfg.max_embodiments)
+        kept = []
+        for block in self.transformer.blocks:
+            if isinstance(block.ffn, ActionSpaceMoE):
+                moe = block.ffn.moe
+                logits = block.ffn.router(route.to(block.ffn.router.proj.weight))
+                chosen = select_experts(logits, moe.top_k, sample=False, renormalize=moe.renormalize).indices[0]
+                held = tuple(sorted(int(e) for e in chosen))
+                moe.keep_experts(held)
+                kept.append(held)
+        self.config = cfg.replace(as_kept_experts=tuple(kept), specialised_embodiment=embodiment)
+        return self.specialisation() or {}
+
+    def specialisation(self) -> dict[str, Any] | None:
+        cfg = self.config
+        if cfg.as_kept_experts is None:
+            return None
+        return {
+            "kind": "embodiment",
+            "embodiment": cfg.specialised_embodiment,
+            "experts_per_layer": [list(k) for k in cfg.as_kept_experts],
+            "experts_kept": sum(len(k) for k in cfg.as_kept_experts),
+            "experts_total": cfg.as_experts * len(cfg.as_kept_experts),
+        }
 
     # --- the velocity network -----------------------------------------------------------------------
     def _hidden_fn(self, enc: Encoded, t: torch.Tensor, records: list[LayerRecord] | None):

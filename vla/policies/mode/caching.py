@@ -14,6 +14,10 @@ experts run. Compared with the authors' version:
   schedule means a rebuild, never a silent miss;
 - it is rebuilt when the weights change (parameter versions / storage are fingerprinted), so a
   cache never outlives an optimizer step or a checkpoint load.
+
+`step_routes` is the routing itself (experts and gates per step and layer): the cache fuses it, and
+`vla export --expert-plan` stores it with a checkpoint (vla/policies/specialise.py), which then runs
+without routers and holds only the experts its plan uses.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from vla.policies.modules.diffusion import EDM, EDMSettings
 from vla.policies.modules.moe import FUSED_DTYPES, FusedStep, FusedSwiGLU, MoELayer, select_experts
 
 FOLDS = ("scale", "weights")
+
+
+Route = tuple[tuple[int, ...], tuple[float, ...]]  # one (step, layer): experts ascending, their gate weights
 
 
 @dataclass(frozen=True)
@@ -52,12 +59,36 @@ class CachedFFN:
 
 
 @dataclass
+class PlannedFFN:
+    """One (step, layer) of an exported expert plan: the layer's own experts, run by `MoELayer.run_experts`
+    with the planned choice and gate weights, so the result is bit for bit the routed layer's (no router runs,
+    no fusion). Every sequence of the batch uses the same experts, as the noise router would choose."""
+
+    layer: MoELayer
+    experts: torch.Tensor  # (1, k) expert ids
+    gates: torch.Tensor  # (1, k) gate weights
+
+    @classmethod
+    def of(cls, layer: MoELayer, route: Route, device: torch.device) -> PlannedFFN:
+        experts, gates = route
+        return cls(
+            layer,
+            torch.tensor([experts], dtype=torch.long, device=device),
+            torch.tensor([gates], dtype=torch.float32, device=device),
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        return self.layer.run_experts(x, self.experts.expand(b, -1), self.gates.expand(b, -1), held_only=True)
+
+
+@dataclass
 class ExpertCache:
     key: ScheduleKey
     dtype: str
     fold: str
     plan: list[list[CachedFFN]]  # plan[step][layer]
-    routes: list[list[tuple[tuple[int, ...], tuple[float, ...]]]]  # (experts, gates) per step, layer
+    routes: list[list[Route]]  # (experts, gates) per step, layer
     fused: dict[tuple, FusedSwiGLU] = field(default_factory=dict)
     fingerprint: tuple = ()
 
@@ -96,40 +127,66 @@ def _fingerprint(transformer: nn.Module) -> tuple:
     return tuple((p.data_ptr(), p._version) for p in transformer.parameters())
 
 
+def moe_layers(transformer: nn.Module) -> list[MoELayer]:
+    layers: list[MoELayer] = [b.ffn for b in transformer.blocks]  # type: ignore[attr-defined]
+    if not all(isinstance(m, MoELayer) for m in layers):
+        raise ValueError("expert caching needs every block's FFN to be a MoELayer")
+    return layers
+
+
+@torch.no_grad()
+def step_routes(transformer: nn.Module, edm: EDM, num_steps: int) -> list[list[Route]]:
+    """routes[step][layer]: the experts (ascending) and gate weights each layer's router picks at each of the
+    `num_steps` noise levels of `edm`'s schedule (deterministic top-k, as in eval)."""
+    layers = moe_layers(transformer)
+    device = next(transformer.parameters()).device
+    sigmas = edm.sigmas(num_steps)[:-1].to(device)  # the levels the network is evaluated at
+    routes = []
+    for sigma in sigmas:
+        c = transformer.noise_emb(edm.noise_cond(sigma.reshape(1)))  # (1, d): the same for every sample
+        step = []
+        for layer in layers:
+            if layer.router is None:
+                raise ValueError("a layer without a router (an exported expert plan) cannot be routed again")
+            r = select_experts(layer.router(c), layer.top_k, sample=False, renormalize=layer.renormalize)
+            order = r.indices[0].argsort()  # canonical order, so {a, b} and {b, a} share a copy
+            experts = tuple(int(e) for e in r.indices[0][order])
+            step.append((experts, tuple(r.weights[0][order].float().tolist())))
+        routes.append(step)
+    return routes
+
+
 @torch.no_grad()
 def build_expert_cache(
-    transformer: nn.Module, edm: EDM, num_steps: int, dtype: str = "float32", fold: str = "scale"
+    transformer: nn.Module,
+    edm: EDM,
+    num_steps: int,
+    dtype: str = "float32",
+    fold: str = "scale",
+    routes: list[list[Route]] | None = None,
 ) -> ExpertCache:
-    """Fuse each (step, layer)'s chosen experts for the `num_steps` schedule of `edm`."""
+    """Fuse each (step, layer)'s chosen experts for the `num_steps` schedule of `edm`; `routes`: a plan for
+    that schedule given ahead (an exported checkpoint's) instead of running the routers."""
     if dtype not in FUSED_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {FUSED_DTYPES}")
     if fold not in FOLDS:
         raise ValueError(f"unknown fold {fold!r}; choose one of {FOLDS}")
-    layers: list[MoELayer] = [b.ffn for b in transformer.blocks]  # type: ignore[attr-defined]
-    if not all(isinstance(m, MoELayer) for m in layers):
-        raise ValueError("expert caching needs every block's FFN to be a MoELayer")
+    layers = moe_layers(transformer)
+    routes = step_routes(transformer, edm, num_steps) if routes is None else routes
     device = next(transformer.parameters()).device
-    sigmas = edm.sigmas(num_steps)[:-1].to(device)  # the levels the network is evaluated at
     fused: dict[tuple, FusedSwiGLU] = {}
     plan: list[list[CachedFFN]] = []
-    routes = []
-    for sigma in sigmas:
-        c = transformer.noise_emb(edm.noise_cond(sigma.reshape(1)))  # (1, d): the same for every sample
-        step_plan, step_routes = [], []
-        for li, layer in enumerate(layers):
-            r = select_experts(layer.router(c), layer.top_k, sample=False, renormalize=layer.renormalize)
-            order = r.indices[0].argsort()  # canonical order, so {a, b} and {b, a} share a copy
-            experts = tuple(int(e) for e in r.indices[0][order])
-            gates = r.weights[0][order].float()
-            key = (li, experts) if fold == "scale" else (li, experts, tuple(gates.tolist()))
+    for step in routes:
+        step_plan = []
+        for li, (layer, (experts, gate_list)) in enumerate(zip(layers, step, strict=True)):
+            gates = torch.tensor(gate_list, dtype=torch.float32, device=device)
+            key = (li, experts) if fold == "scale" else (li, experts, gate_list)
             if key not in fused:
-                folded = None if fold == "scale" else gates.tolist()
-                fused[key] = FusedSwiGLU([layer.experts[e] for e in experts], folded, dtype)
+                folded = None if fold == "scale" else list(gate_list)
+                fused[key] = FusedSwiGLU([layer.expert(e) for e in experts], folded, dtype)
             f = fused[key]
             step_plan.append(CachedFFN(f, f.prepare(gates) if fold == "scale" else None))
-            step_routes.append((experts, tuple(gates.tolist())))
         plan.append(step_plan)
-        routes.append(step_routes)
     return ExpertCache(
         schedule_key(edm.settings, num_steps), dtype, fold, plan, routes, fused, _fingerprint(transformer)
     )

@@ -89,6 +89,12 @@ class MoDEConfig(HorizonFields, ConditioningFields, PolicyConfig):
     rho: float = 7.0
     train_noise_scale: float = 0.5  # log-logistic scale of training log-sigmas (location log(sigma_data))
     num_sampling_steps: int = 10
+    # --- exported expert plan (`vla export --expert-plan`; None: the full model, routed as trained) ---
+    # per sampling step, per layer: the experts the noise router picks (ascending) and their gate weights,
+    # at the noise levels `expert_plan_sigmas`; the model then holds only the experts the plan uses, no routers
+    expert_plan: tuple[tuple[tuple[int, ...], ...], ...] | None = None
+    expert_plan_gates: tuple[tuple[tuple[float, ...], ...], ...] | None = None
+    expert_plan_sigmas: tuple[float, ...] | None = None
     # mixture of horizons and dynamic inference: HorizonFields
     # --- optimiser (read by the trainer; the authors' LIBERO settings) ---
     optimizer_lr: float = 1e-4
@@ -126,7 +132,7 @@ class MoDEConfig(HorizonFields, ConditioningFields, PolicyConfig):
             problems.append("num_sampling_steps must be >= 1")
         if self.action_attention not in ACTION_ATTENTION:
             problems.append(f"action_attention {self.action_attention!r} not in {ACTION_ATTENTION}")
-        problems += self.horizon_problems()
+        problems += self.horizon_problems() + self._plan_problems()
         if self.horizons is not None and len(self.horizons) > 1 and self.action_attention != "full":
             problems.append(
                 "a mixture of horizons needs action_attention='full' (with causal attention every "
@@ -134,6 +140,39 @@ class MoDEConfig(HorizonFields, ConditioningFields, PolicyConfig):
             )
         if problems:
             raise PolicyError("invalid MoDE config: " + "; ".join(problems))
+
+    def _plan_problems(self) -> list[str]:
+        plan, gates, sigmas = self.expert_plan, self.expert_plan_gates, self.expert_plan_sigmas
+        if plan is None and gates is None and sigmas is None:
+            return []
+        if plan is None or gates is None or sigmas is None:
+            return ["expert_plan, expert_plan_gates and expert_plan_sigmas go together (all set or none)"]
+        if not self.use_moe:
+            return ["an expert plan needs use_moe=True"]
+        if not len(plan) == len(gates) == len(sigmas) == self.num_sampling_steps:
+            return [f"the expert plan should have num_sampling_steps={self.num_sampling_steps} steps"]
+        for step, (experts, weights) in enumerate(zip(plan, gates, strict=True)):
+            shapes_ok = len(experts) == len(weights) == self.n_layers and all(
+                len(e) == len(w) == self.top_k for e, w in zip(experts, weights, strict=True)
+            )
+            ids_ok = shapes_ok and all(
+                list(e) == sorted(set(e)) and e[0] >= 0 and e[-1] < self.n_experts for e in experts
+            )
+            if not shapes_ok or not ids_ok:
+                return [
+                    f"expert_plan step {step}: needs n_layers={self.n_layers} entries of top_k={self.top_k} distinct "
+                    f"ascending expert ids in 0..{self.n_experts - 1}, each with a gate weight"
+                ]
+        return []
+
+    @property
+    def planned_experts(self) -> tuple[tuple[int, ...], ...] | None:
+        """Per layer, the experts an exported expert plan uses at some step (None: no plan, all experts)."""
+        if self.expert_plan is None:
+            return None
+        return tuple(
+            tuple(sorted({e for step in self.expert_plan for e in step[layer]})) for layer in range(self.n_layers)
+        )
 
     @property
     def edm(self) -> EDMSettings:

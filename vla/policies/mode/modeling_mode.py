@@ -19,11 +19,14 @@ inference (how many steps of each chunk to execute) when `dynamic_ratio` is set.
 Each block: x = x + Attn(Norm(x) + c); x = x + FFN(Norm(x)), with FFN a sparse MoE of SwiGLU experts
 (top-k of n, sampled in training, deterministic in eval, load-balancing loss) or, with
 `use_moe=False`, one dense SwiGLU (the baseline).
+An exported expert plan (`expert_plan` in the config, `vla export --expert-plan`): the routing of every
+sampling step is a table lookup, the blocks hold only the experts the plan uses and no routers, and the
+actions are those of the full model for that schedule (see vla/policies/specialise.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -31,7 +34,7 @@ from torch import nn
 
 from vla.errors import PolicyError
 from vla.keys import STATE_KEY
-from vla.policies.mode.caching import ExpertCache, build_expert_cache, schedule_key
+from vla.policies.mode.caching import ExpertCache, PlannedFFN, Route, build_expert_cache, schedule_key, step_routes
 from vla.policies.mode.configuration_mode import MoDEConfig
 from vla.policies.modules.attention import Attention
 from vla.policies.modules.conditioning import ObservationEncoder, camera_frames, embed_instructions
@@ -79,7 +82,8 @@ class DiTBlock(nn.Module):
     """x = x + Attn(Norm(x) + c); then x = x + FFN(Norm(x)) (ffn_norm "pre") or, as the authors,
     x = Norm(x); x = x + FFN(x) (ffn_norm "residual"); FFN: a noise-routed MoE or a dense SwiGLU."""
 
-    def __init__(self, config: MoDEConfig):
+    def __init__(self, config: MoDEConfig, held: Sequence[int] | None = None):
+        """`held`: the experts this block keeps (an exported expert plan's; it then has no router)."""
         super().__init__()
         d = config.width
         self.norm1 = nn.RMSNorm(d, eps=1e-6)
@@ -92,7 +96,8 @@ class DiTBlock(nn.Module):
         self.ffn: MoELayer | SwiGLU
         bias, dropout, out_bias = config.expert_bias, config.expert_dropout, config.expert_out_bias
         if config.use_moe:
-            router = NoiseRouter(d, config.n_experts, config.router_hidden_mult * d)
+            planned = config.expert_plan is not None
+            router = None if planned else NoiseRouter(d, config.n_experts, config.router_hidden_mult * d)
             self.ffn = MoELayer(
                 d,
                 hidden,
@@ -104,6 +109,7 @@ class DiTBlock(nn.Module):
                 dropout,
                 out_bias,
                 token_sampling=config.route_sampling == "token",
+                held=held,
             )
         else:
             self.ffn = SwiGLU(d, hidden, bias, dropout, out_bias)
@@ -133,7 +139,8 @@ class MoDETransformer(nn.Module):
         self.noise_emb = NoiseEmbedding(d, config.noise_embedding)
         self.action_in = nn.Linear(config.action_dim, d)
         self.pos_emb = nn.Parameter(torch.zeros(1, config.seq_len, d))
-        self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.n_layers))
+        held = config.planned_experts or (None,) * config.n_layers
+        self.blocks = nn.ModuleList(DiTBlock(config, held[i]) for i in range(config.n_layers))
         self.norm = nn.RMSNorm(d, eps=1e-6)
         self.action_out = nn.Linear(d, config.action_dim)
         init_linear_weights(self)
@@ -213,6 +220,7 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
         self._cache_request: dict[str, Any] | None = None  # what cache_experts() asked for
         self._expert_cache: ExpertCache | None = None
         self.cache_builds = 0  # how many times the expert cache was (re)built
+        self._plan_ffns: list[list[PlannedFFN]] | None = None  # an exported expert plan, ready to run
 
     # --- pieces -------------------------------------------------------------------------------------
     @property
@@ -255,6 +263,11 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self._to_device(batch)
         cfg = self.config
+        if cfg.expert_plan is not None:
+            raise PolicyError(
+                "this checkpoint was exported with a fixed expert plan (no routers, only the planned experts): "
+                "it runs inference only; train or fine-tune the full checkpoint it came from"
+            )
         actions = self.normalize("action", self._action_chunk(batch), batch.get("embodiment_id"))
         mask = ~batch["action_is_pad"] if "action_is_pad" in batch else None
         context = self.encode_observations(batch)
@@ -336,10 +349,15 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
         steps = num_steps or cfg.num_sampling_steps
         context = self.encode_observations(batch)
         cache = self._active_cache(steps)
+        planned = self._planned_ffns(steps) if cache is None else None
         trace = HorizonTrace() if self.moh is not None else None
 
         def net(x_in: torch.Tensor, noise_cond: torch.Tensor, step: int | None) -> torch.Tensor:
-            ffns = cache.ffns(step) if cache is not None and step is not None else None
+            ffns: list[FFNOverride] | None = None
+            if step is not None and cache is not None:
+                ffns = cache.ffns(step)
+            elif step is not None and planned is not None:
+                ffns = planned[step]  # type: ignore[assignment]  # the plan's experts: a table lookup, no router
             if trace is None:
                 return self.transformer(x_in, noise_cond, context, ffns, attn_mask=self._plain_mask())[0]
             out = self._horizon_outputs(x_in, noise_cond, context, ffns)
@@ -386,13 +404,91 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
         key = schedule_key(self.edm.settings, num_steps)
         cache = self._expert_cache
         if cache is None or cache.key != key or not cache.matches(self.transformer):
-            self._expert_cache = build_expert_cache(self.transformer, self.edm, num_steps, **self._cache_request)
+            routes = self.plan_routes(num_steps)
+            self._expert_cache = build_expert_cache(
+                self.transformer, self.edm, num_steps, routes=routes, **self._cache_request
+            )
             self.cache_builds += 1
         return self._expert_cache
 
     def _apply(self, fn, recurse=True):  # .to(), .cuda(), .half(): fused copies would be stale
         self._expert_cache = None
+        self._plan_ffns = None
         return super()._apply(fn, recurse)
+
+    # --- exported expert plan (vla export --expert-plan) ---------------------------------------------------
+    def plan_routes(self, num_steps: int) -> list[list[Route]] | None:
+        """The exported expert plan as routes[step][layer] (None without a plan); a plan made for another
+        schedule is refused, never silently misapplied."""
+        cfg = self.config
+        if cfg.expert_plan is None or cfg.expert_plan_gates is None or cfg.expert_plan_sigmas is None:
+            return None
+        sigmas = self.edm.sigmas(num_steps)[:-1]
+        planned = torch.tensor(cfg.expert_plan_sigmas, dtype=sigmas.dtype)
+        if sigmas.shape != planned.shape or not torch.equal(sigmas, planned):
+            raise PolicyError(
+                f"this checkpoint's expert plan was exported for {len(planned)} sampling steps at sigmas "
+                f"{[round(float(s), 4) for s in planned]}; asked for {num_steps} steps at "
+                f"{[round(float(s), 4) for s in sigmas]}: sample with the exported schedule, or export a plan for "
+                "this one from the full checkpoint"
+            )
+        return [list(zip(e, g, strict=True)) for e, g in zip(cfg.expert_plan, cfg.expert_plan_gates, strict=True)]
+
+    def _planned_ffns(self, num_steps: int) -> list[list[PlannedFFN]] | None:
+        routes = self.plan_routes(num_steps)
+        if routes is None:
+            return None
+        if self._plan_ffns is None:  # built once per device: the plan's expert ids and gates as tensors
+            layers = [b.ffn for b in self.transformer.blocks]
+            self._plan_ffns = [
+                [PlannedFFN.of(layer, route, self.device) for layer, route in zip(layers, step, strict=True)]
+                for step in routes
+            ]
+        return self._plan_ffns
+
+    @torch.no_grad()
+    def specialise(self, embodiment: str | None = None, expert_plan: bool = False) -> dict[str, Any]:
+        """Make this model its expert plan for the config's sampling schedule, in place: the router of every
+        layer is consulted once per step now, its choices and gate weights go into the config, and the
+        routers and every expert no step uses are dropped. The actions for that schedule do not change."""
+        cfg = self.config
+        if embodiment is not None:
+            raise PolicyError("--embodiment: MoDE's routers see only the noise level; export it with --expert-plan")
+        if not expert_plan:
+            raise PolicyError("a MoDE checkpoint is exported with --expert-plan (its per-step experts)")
+        if not cfg.use_moe:
+            raise PolicyError("the dense MoDE baseline (use_moe=False) has no experts to plan")
+        if cfg.expert_plan is not None:
+            raise PolicyError("this checkpoint already runs an exported expert plan; export from the full checkpoint")
+        steps = cfg.num_sampling_steps
+        routes = step_routes(self.transformer, self.edm, steps)
+        sigmas = tuple(float(s) for s in self.edm.sigmas(steps)[:-1])
+        self.config = cfg.replace(
+            expert_plan=tuple(tuple(r[0] for r in step) for step in routes),
+            expert_plan_gates=tuple(tuple(r[1] for r in step) for step in routes),
+            expert_plan_sigmas=sigmas,
+        )
+        kept = self.config.planned_experts
+        assert kept is not None
+        for block, held in zip(self.transformer.blocks, kept, strict=True):
+            block.ffn.keep_experts(held)
+            block.ffn.router = None
+        self.clear_expert_cache()
+        self._plan_ffns = None
+        return self.specialisation() or {}
+
+    def specialisation(self) -> dict[str, Any] | None:
+        cfg = self.config
+        if cfg.expert_plan is None:
+            return None
+        kept = cfg.planned_experts or ()
+        return {
+            "kind": "expert_plan",
+            "steps": len(cfg.expert_plan),
+            "experts_per_layer": [list(k) for k in kept],
+            "experts_kept": sum(len(k) for k in kept),
+            "experts_total": cfg.n_experts * cfg.n_layers,
+        }
 
     # --- routing inspection ---------------------------------------------------------------------------
     def routing_levels(self) -> tuple[torch.Tensor, str]:
@@ -405,6 +501,11 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
         router reads only the noise embedding, so one record per sequence (T = 1)."""
         if not self.config.use_moe:
             raise PolicyError("the dense MoDE baseline (use_moe=False) has no experts to inspect")
+        if self.config.expert_plan is not None:
+            raise PolicyError(
+                "this checkpoint runs an exported expert plan (no routers): its routing is the plan in config.json; "
+                "inspect the full checkpoint it came from"
+            )
         was_training = self.training
         self.eval()
         try:

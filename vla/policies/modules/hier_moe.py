@@ -26,6 +26,8 @@ dispatch are the ones MoDE uses.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,10 +75,22 @@ def action_space_labels(route_input: torch.Tensor) -> torch.Tensor:
 class ActionSpaceMoE(nn.Module):
     """`forward(x (B, T, d), route_input (B, T, D)) -> (y, Routing)`: top-1, weight not renormalised."""
 
-    def __init__(self, dim: int, hidden: int, n_experts: int, route_dim: int, top_k: int = 1, sample: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        n_experts: int,
+        route_dim: int,
+        top_k: int = 1,
+        sample: bool = False,
+        held: Sequence[int] | None = None,
+    ):
+        """`held`: the experts kept by a specialised export (the router keeps all its outputs, so the kept
+        experts' gate weights are the full layer's)."""
         super().__init__()
         self.sample = sample
-        self.moe = MoELayer(dim, hidden, n_experts, top_k, ActionSpaceRouter(route_dim, n_experts), renormalize=False)
+        router = ActionSpaceRouter(route_dim, n_experts)
+        self.moe = MoELayer(dim, hidden, n_experts, top_k, router, renormalize=False, held=held)
 
     @property
     def router(self) -> ActionSpaceRouter:

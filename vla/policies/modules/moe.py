@@ -10,7 +10,10 @@ Pieces, each with one job:
 - `select_experts`: top-k from the router's softmax: sampled without replacement in training
   (exploration), deterministic top-k in eval; chosen weights optionally renormalised to sum to 1.
 - `load_balancing_loss`: Switch/GShard auxiliary loss, E * sum_e f_e * P_e (1 when balanced).
-- `MoELayer`: router + experts + dispatch (gather the tokens of each expert, scatter-add back).
+- `MoELayer`: router + experts + dispatch (gather the tokens of each expert, scatter-add back). A layer
+  may hold only some of its router's experts (`held`) and have no router at all (routing given from
+  outside, e.g. a precomputed per-step plan): what `vla export` makes of a router-decoupled layer whose
+  routing input can only take a few values (vla/policies/specialise.py).
 - `FusedSwiGLU`: several experts stacked into one dense FFN so one matmul pair replaces router +
   dispatch + k experts, for routing that is known ahead of time (see vla/policies/mode/caching.py).
   The fused weights can be kept in float32, bfloat16 or int8, because at batch 1 on a CPU the
@@ -25,6 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vla.errors import PolicyError
 
 FUSED_DTYPES = ("float32", "bfloat16", "int8", "int8_dynamic", "int8_residual")
 
@@ -156,36 +161,65 @@ class MoELayer(nn.Module):
         hidden: int,
         n_experts: int,
         top_k: int,
-        router: Router,
+        router: Router | None,
         renormalize: bool = True,
         bias: bool = False,
         dropout: float = 0.0,
         out_bias: bool | None = None,
         token_sampling: bool = False,
+        held: Sequence[int] | None = None,
     ):
         """`token_sampling`: in training, a per-sequence routing input still draws its top-k once per token
-        (the MoDE authors' router); off: once per sequence. Inference routing is deterministic either way."""
+        (the MoDE authors' router); off: once per sequence. Inference routing is deterministic either way.
+
+        `held`: the experts (ids among the router's `n_experts`) this layer keeps weights for; None: all.
+        `router=None`: the routing always comes from outside (`run_experts`)."""
         super().__init__()
         if not 1 <= top_k <= n_experts:
             raise ValueError(f"top_k must be in [1, n_experts={n_experts}], got {top_k}")
-        if router.n_experts != n_experts:
+        if router is not None and router.n_experts != n_experts:
             raise ValueError(f"router has {router.n_experts} outputs but the layer has {n_experts} experts")
+        self._n_routed = n_experts
+        self.expert_ids = _expert_ids(held, n_experts)
         self.top_k = top_k
         self.renormalize = renormalize
         self.token_sampling = token_sampling
         self.router = router
-        self.experts = nn.ModuleList(SwiGLU(dim, hidden, bias, dropout, out_bias) for _ in range(n_experts))
+        self.experts = nn.ModuleList(SwiGLU(dim, hidden, bias, dropout, out_bias) for _ in self.expert_ids)
 
     @property
     def n_experts(self) -> int:
-        return len(self.experts)
+        """The experts the router chooses among (the layer may hold fewer: `expert_ids`)."""
+        return self._n_routed
+
+    @property
+    def holds_all(self) -> bool:
+        return len(self.experts) == self._n_routed
+
+    def expert(self, e: int) -> SwiGLU:
+        """Expert `e` (an id among the router's outputs)."""
+        if e not in self.expert_ids:
+            raise PolicyError(f"expert {e} is not held by this layer (it keeps {list(self.expert_ids)})")
+        return self.experts[self.expert_ids.index(e)]  # type: ignore[return-value]
+
+    def keep_experts(self, keep: Sequence[int]) -> None:
+        """Drop every expert but `keep` (ids among the router's outputs), in place; the router is unchanged,
+        so the kept experts' gate weights stay exactly what the full layer computes."""
+        ids = _expert_ids(keep, self._n_routed)
+        self.experts = nn.ModuleList(self.expert(e) for e in ids)
+        self.expert_ids = ids
 
     def route(self, route_input: torch.Tensor, generator: torch.Generator | None = None) -> Routing:
         """Sampled top-k in training, deterministic top-k in eval."""
+        if self.router is None:
+            raise PolicyError(
+                "this MoE layer has no router: its checkpoint was exported with a fixed expert plan (vla export "
+                "--expert-plan) and runs only that plan; use the full checkpoint to route other inputs"
+            )
         return select_experts(self.router(route_input), self.top_k, self.training, self.renormalize, generator)
 
     def forward(self, x: torch.Tensor, route_input: torch.Tensor) -> tuple[torch.Tensor, Routing]:
-        if self.token_sampling and self.training and route_input.dim() == x.dim() - 1:
+        if self.token_sampling and self.training and route_input.dim() == x.dim() - 1 and self.router is not None:
             # the router runs once per sequence; every token then draws its own experts from those logits
             logits = self.router(route_input).unsqueeze(-2).expand(*x.shape[:-1], self.n_experts)
             routing = select_experts(logits, self.top_k, True, self.renormalize)
@@ -195,16 +229,24 @@ class MoELayer(nn.Module):
 
     def dispatch(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         """Run each expert on the tokens routed to it and add the gate-weighted results."""
-        idx, w = routing.indices, routing.weights
+        return self.run_experts(x, routing.indices, routing.weights)
+
+    def run_experts(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, held_only: bool = False) -> torch.Tensor:
+        """`dispatch` for chosen experts `idx` (ids among the router's outputs) and gate weights `w`, both
+        (B, k) per sequence or (B, T, k) per token. `held_only`: the caller guarantees every id is held (a
+        plan made from this layer's experts), so the check for dropped experts is skipped."""
         if idx.dim() == x.dim() - 1:  # per-sequence routing: every token of a sequence shares it
             idx = idx.unsqueeze(-2).expand(*x.shape[:-1], self.top_k)
             w = w.unsqueeze(-2).expand(*x.shape[:-1], self.top_k)
         flat_x = x.reshape(-1, x.shape[-1])
         flat_idx, flat_w = idx.reshape(-1, self.top_k), w.reshape(-1, self.top_k)
+        if not self.holds_all and not held_only:
+            self._check_held(flat_idx)
         out = torch.zeros_like(flat_x)
         keep_idle = self.keep_idle_experts and torch.is_grad_enabled()
         used = torch.zeros(self.n_experts, dtype=torch.bool) if keep_idle else None
-        for e, expert in enumerate(self.experts):
+        # held experts in ascending id order: the same additions in the same order as the full layer
+        for e, expert in zip(self.expert_ids, self.experts, strict=True):
             chosen = flat_idx == e  # (N, k)
             rows = chosen.any(-1).nonzero().squeeze(-1)
             if used is not None:
@@ -216,6 +258,25 @@ class MoELayer(nn.Module):
         if used is not None:
             self.experts_used = used if self.experts_used is None else self.experts_used | used
         return out.reshape(x.shape)
+
+    def _check_held(self, flat_idx: torch.Tensor) -> None:
+        held = torch.zeros(self.n_experts, dtype=torch.bool, device=flat_idx.device)
+        held[list(self.expert_ids)] = True
+        chosen_held = held[flat_idx]
+        if not bool(chosen_held.all()):
+            missing = flat_idx[~chosen_held]
+            raise PolicyError(
+                f"the routing chose expert(s) {sorted(set(missing.tolist()))}, which this specialised checkpoint "
+                f"dropped (it keeps {list(self.expert_ids)}): it runs only the embodiment or schedule it was "
+                "exported for (vla export); use the full checkpoint for other inputs"
+            )
+
+
+def _expert_ids(held: Sequence[int] | None, n_experts: int) -> tuple[int, ...]:
+    ids = tuple(range(n_experts)) if held is None else tuple(sorted({int(e) for e in held}))
+    if not ids or ids[0] < 0 or ids[-1] >= n_experts:
+        raise ValueError(f"held experts {held} must be a non-empty subset of 0..{n_experts - 1}")
+    return ids
 
 
 def keep_idle_experts(module: nn.Module, keep: bool = True) -> list[MoELayer]:
@@ -247,7 +308,7 @@ def drop_idle_expert_grads(layers: Sequence[MoELayer], used: torch.Tensor) -> in
     not run, and restart the usage record; returns how many experts that was."""
     dropped = start = 0
     for m in layers:
-        for e, expert in enumerate(m.experts):
+        for e, expert in zip(m.expert_ids, m.experts, strict=True):
             if float(used[start + e]) == 0:
                 dropped += 1
                 for p in expert.parameters():
@@ -261,7 +322,7 @@ def drop_idle_expert_grads(layers: Sequence[MoELayer], used: torch.Tensor) -> in
 class ExpertParameters:
     """Parameter counts of the MoE layers inside a module."""
 
-    experts: int  # every expert of every layer
+    experts: int  # every expert of every layer (that the layer holds)
     active: int  # the experts one routing unit (token or sequence) runs: top_k per layer
     routers: int
 
@@ -271,9 +332,9 @@ def expert_parameters(module: nn.Module) -> ExpertParameters:
     for m in module.modules():
         if isinstance(m, MoELayer):
             per_expert = sum(p.numel() for p in m.experts[0].parameters())
-            experts += per_expert * m.n_experts
+            experts += per_expert * len(m.experts)
             active += per_expert * m.top_k
-            routers += sum(p.numel() for p in m.router.parameters())
+            routers += sum(p.numel() for p in m.router.parameters()) if m.router is not None else 0
     return ExpertParameters(experts, active, routers)
 
 
