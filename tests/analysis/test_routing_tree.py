@@ -105,6 +105,8 @@ def test_heldout_windows_come_from_unseen_episodes(two_embodiment_run):
     assert len(tr) + len(ho) == len(mixture)  # every window drawn when more are asked for
     assert {episodes[i] for i in tr}.isdisjoint({episodes[i] for i in ho})
     assert len({episodes[i] for i in ho}) == 4
+    for i in (0, 17, len(mixture) - 1):  # the episode each window is filed under is the one it reads
+        assert episodes[i] == (mixture.datasets[int(mixture[i]["source_index"])].path, int(mixture[i]["episode_index"]))
 
 
 def test_cli_writes_tree_text_png_and_json(two_embodiment_run, tmp_path):

@@ -141,12 +141,16 @@ def _routing_trees(
     trees = fit_routing_trees(decisions, depth=depth, target=target, seed=seed)
     files = write_tree_report(trees, decisions, out, target=target, title=f"{policy.config.name} {ckpt.name}")
     n_train, n_held = int((~decisions.heldout).sum()), int(decisions.heldout.sum())
-    table = Table("layer", "kind", "inputs used", "depth", "agreement [95% CI]", "majority baseline",
-                  title=f"vla inspect routing --tree: {ckpt} ({target}; {n_train} training / {n_held} held-out "
+    table = Table(title=f"vla inspect routing --tree: {ckpt} ({target}; {n_train} training / {n_held} held-out "
                   "windows)")  # fmt: skip
+    table.add_column("layer", no_wrap=True)
+    table.add_column("inputs used")
+    table.add_column("depth")
+    table.add_column("agreement [95% CI]", no_wrap=True)
+    table.add_column("majority baseline", no_wrap=True)
     for t in trees:
-        table.add_row(t.layer, t.kind, ", ".join(t.used) or "(one leaf)", str(t.depth),
-                      format_rate(t.agreement, t.interval), f"{t.majority_rate:.1%} ({t.majority})")  # fmt: skip
+        table.add_row(t.layer, ", ".join(t.used) or "(one leaf)", str(t.depth), format_rate(t.agreement, t.interval),
+                      f"{t.majority_rate:.1%} ({t.majority})")  # fmt: skip
     console = Console()
     console.print(table)
     console.print(f"trees: {files['json']} (tree_<layer>.txt / .png next to it)")
