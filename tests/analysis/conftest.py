@@ -1,4 +1,5 @@
-"""A tiny MoDE trained for a few steps on two embodiments of different action sizes (slot layout)."""
+"""A tiny MoDE and a tiny HiMoE trained for a few steps on two embodiments of different action sizes (slot
+layout)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,15 @@ def two_embodiment_run(tmp_path_factory):
                      warmup_steps=1, progress=False)  # fmt: skip
     train("mode", tc, preset="cpu", overrides=MOE)
     return root, (str(a.path), str(b.path))
+
+
+HIMOE = {"width": 32, "n_heads": 2, "layer_pattern": "ahda", "num_steps": 3}
+
+
+@pytest.fixture(scope="session")
+def himoe_run(two_embodiment_run):
+    """A HiMoE (one layer of each kind) on the same two stores; (run folder, stores)."""
+    root, stores = two_embodiment_run
+    tc = TrainConfig(data=stores, out=str(root / "himoe"), steps=2, batch_size=8, warmup_steps=1, progress=False)
+    train("himoe", tc, preset="cpu", overrides=HIMOE)
+    return root / "himoe", stores

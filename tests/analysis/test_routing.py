@@ -76,13 +76,9 @@ def test_unfit_inputs_fail_clearly(two_embodiment_run, tmp_path):
         collect_routing(Policy.from_pretrained(resolve_checkpoint(tmp_path / "dense")), [str(dense.path)], windows=4)
 
 
-def test_himoe_routing_has_action_space_and_token_layers(two_embodiment_run, tmp_path):
-    _, stores = two_embodiment_run
-    tc = TrainConfig(data=stores, out=str(tmp_path / "himoe"), steps=2, batch_size=8, warmup_steps=1,
-                     progress=False)  # fmt: skip
-    overrides = {"width": 32, "n_heads": 2, "layer_pattern": "ahda", "num_steps": 3}
-    train("himoe", tc, preset="cpu", overrides=overrides)
-    stats = collect_routing(Policy.from_pretrained(resolve_checkpoint(tmp_path / "himoe")), stores, windows=16)
+def test_himoe_routing_has_action_space_and_token_layers(himoe_run):
+    run, stores = himoe_run
+    stats = collect_routing(Policy.from_pretrained(resolve_checkpoint(run)), stores, windows=16)
     kinds = {name: lc.kind for name, lc in stats.layers.items()}
     assert sorted(kinds.values()) == ["action_space", "action_space", "token"]
     assert stats.level_name == "t" and len(stats.levels) == 3

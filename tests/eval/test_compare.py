@@ -24,7 +24,7 @@ from vla.eval.compare import (
     load_eval,
     settings_difference,
 )
-from vla.eval.statistics import wilson_interval
+from vla.statistics import wilson_interval
 from vla.testing.eval_runs import SUITE, write_libero_run
 
 runner = CliRunner()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,12 @@ import numpy as np
 import torch
 
 from vla.analysis.windows import collate, embodiment_remap, policy_windows
+from vla.datasets.sampler import MixtureDataset
 from vla.errors import VlaError
-from vla.files import atomic_write_text
+from vla.files import atomic_save_figure, atomic_write_text
 from vla.policies.policy import Policy
+from vla.policies.routing import LayerRouting
+from vla.progress import progress_bar
 
 GROUPINGS = ("embodiment", "task", "level")
 
@@ -99,23 +102,41 @@ def collect_routing(
 ) -> RoutingStats:
     levels, level_name = policy.routing_levels()
     mixture = policy_windows(policy, stores)
-    remap = embodiment_remap(policy, mixture.embodiments)
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(mixture), size=min(windows, len(mixture)), replace=False)
-    gen = torch.Generator().manual_seed(seed)
     stats = RoutingStats({}, len(picks), [float(v) for v in levels], level_name)
-    policy.eval()
-    for start in range(0, len(picks), batch_size):
-        items = [mixture[int(i)] for i in picks[start : start + batch_size]]
-        batch = collate(items, remap)
+    for items, _, level, records in route_windows(policy, mixture, picks, batch_size, seed):
         names = [it["embodiment"] for it in items]
         tasks = [str(it.get("task", "")) for it in items]
-        for level in levels:
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            level_vec = torch.full((len(items),), float(level))
-            for rec in policy.inspect_routing(batch, level_vec):
-                _count(stats, rec, names, tasks, f"{level_name}={float(level):.3g}")
+        for rec in records:
+            _count(stats, rec, names, tasks, f"{level_name}={level:.3g}")
     return stats
+
+
+def route_windows(
+    policy: Policy,
+    mixture: MixtureDataset,
+    picks: np.ndarray,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool = False,
+) -> Iterator[tuple[list[dict[str, Any]], int, float, list[LayerRouting]]]:
+    """For each batch of the windows `picks` and each of the policy's routing levels: the windows, the
+    level's step number and value, and every MoE layer's routing (the one forward loop of all routing
+    inspection, so its noise draws are the same whatever is computed from them)."""
+    levels, _ = policy.routing_levels()
+    remap = embodiment_remap(policy, mixture.embodiments)
+    gen = torch.Generator().manual_seed(seed)
+    policy.eval()
+    with progress_bar(len(picks), "routing", unit="window", disable=not progress) as bar:
+        for start in range(0, len(picks), batch_size):
+            items = [mixture[int(i)] for i in picks[start : start + batch_size]]
+            batch = collate(items, remap)
+            for step, level in enumerate(levels):
+                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+                level_vec = torch.full((len(items),), float(level))
+                yield items, step, float(level), policy.inspect_routing(batch, level_vec)
+            bar.update(len(items))
 
 
 def _count(stats: RoutingStats, rec: Any, names: list[str], tasks: list[str], level_label: str) -> None:
@@ -198,8 +219,4 @@ def plot_heatmap(stats: RoutingStats, grouping: str, path: Path, title: str = ""
         ax.tick_params(axis="x", labelsize=6)
     fig.suptitle(f"expert selection by {grouping}{' - ' + title if title else ''}", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_suffix(".partial.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_save_figure(fig, path, dpi=110)

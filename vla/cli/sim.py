@@ -133,7 +133,7 @@ def results_table(suite: str, reports: list[TaskReport]) -> Table:
 
 
 def _rate(successes: int, attempts: int) -> str:
-    from vla.eval.statistics import wilson_interval
+    from vla.statistics import wilson_interval
 
     lo, hi = wilson_interval(successes, attempts)
     return f"{successes / attempts:.0%} [{lo:.0%}, {hi:.0%}]"

@@ -309,6 +309,10 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self._anchor)
 
+    def window_episodes(self) -> np.ndarray:
+        """The episode index of every window (without reading any window), e.g. to split by episode."""
+        return self._episode[self._anchor]
+
     def __getstate__(self) -> dict[str, Any]:
         # Zarr handles and file state stay in the process that opened them.
         return {**self.__dict__, "_store": None, "_readers": {}}

@@ -40,7 +40,7 @@ import numpy as np
 
 from vla.errors import ComparisonError
 from vla.eval.results import EPISODES_FILE, RUN_FILE, SUMMARY_FILE
-from vla.eval.statistics import CONFIDENCE, wilson_interval
+from vla.statistics import CONFIDENCE, wilson_interval
 
 PairKey = tuple[str, int, str | None]  # (task, initial state or chain index, perturbation)
 

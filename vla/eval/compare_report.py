@@ -11,8 +11,8 @@ from pathlib import Path
 from rich.table import Table
 
 from vla.eval.compare import Comparison, SeedStats, SeedSummary, format_difference
-from vla.eval.statistics import format_rate
-from vla.files import atomic_write_text
+from vla.files import atomic_save_figure, atomic_write_text
+from vla.statistics import format_rate
 
 COMPARE_MD, COMPARE_JSON, COMPARE_PLOT = "compare.md", "compare.json", "compare.png"
 AGGREGATE_MD, AGGREGATE_JSON = "aggregate.md", "aggregate.json"
@@ -146,12 +146,7 @@ def plot_differences(comparisons: Sequence[Comparison], path: str | Path) -> Pat
         ax.set_xlabel("difference, points (95% CI)")
         ax.set_title(f"{_title(c)}\n{format_difference(c)}, p={_p(c.p_mcnemar)}", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_save_figure(fig, path, dpi=120)
 
 
 def write_comparison(out: str | Path, comparisons: Sequence[Comparison]) -> dict[str, Path]:

@@ -17,7 +17,7 @@ import numpy as np
 from rich.table import Table
 
 from vla.eval.episodes import EpisodeResult
-from vla.eval.statistics import format_rate
+from vla.statistics import format_rate
 
 REPORT_FILE = "report.md"
 PLOT_FILE = "success.png"

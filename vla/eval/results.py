@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from vla.eval.episodes import EpisodeResult, EpisodeSpec, EvalError
-from vla.eval.statistics import wilson_interval
 from vla.files import atomic_write_text
+from vla.statistics import wilson_interval
 
 EPISODES_FILE = "episodes.jsonl"
 RUN_FILE = "run.json"

@@ -10,7 +10,7 @@ from typing import Any
 
 from vla.eval.episodes import EpisodeResult, derive_seed
 from vla.eval.results import ResultsLog, group_rates, write_summary
-from vla.eval.statistics import wilson_interval
+from vla.statistics import wilson_interval
 
 SUITE = "libero_object"
 

@@ -30,10 +30,10 @@ from vla.eval.protocol import EvalProtocol, PreparedEval, Replan, ResolvedPolicy
 from vla.eval.report import plot_bars, write_report
 from vla.eval.results import ResultsLog
 from vla.eval.runner import RunStats
-from vla.eval.statistics import format_rate, wilson_interval
 from vla.sim.calvin.chains import CHAIN_LENGTH, NUM_CHAINS, Chain, evaluation_chains
 from vla.sim.calvin.env import EP_LEN, BackendFactory, CalvinEnv, SimulatorFactory
 from vla.sim.calvin.instructions import instruction
+from vla.statistics import format_rate, wilson_interval
 
 VIDEO_CAMERA = "static"
 SELECTION_SETTINGS = ("chains", "chain_ids")  # may change on resume (extend to more chains)

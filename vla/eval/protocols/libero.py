@@ -31,7 +31,6 @@ from vla.eval.protocol import EvalProtocol, PreparedEval, Replan, ResolvedPolicy
 from vla.eval.report import summary_table
 from vla.eval.results import ResultsLog, group_rates
 from vla.eval.runner import RunStats
-from vla.eval.statistics import wilson_interval
 from vla.sim.base import SimError
 from vla.sim.libero import (
     MAX_STEPS,
@@ -44,6 +43,7 @@ from vla.sim.libero import (
     suite_tasks,
 )
 from vla.sim.perturb import Perturbation, parse_perturbation
+from vla.statistics import wilson_interval
 
 VIDEO_CAMERA = "agentview"
 ZERO_ACTION = (0.0,) * 7

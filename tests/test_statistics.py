@@ -6,7 +6,7 @@ import pytest
 
 from vla.eval.report import markdown_table
 from vla.eval.results import group_rates
-from vla.eval.statistics import format_rate, wilson_interval
+from vla.statistics import format_rate, wilson_interval
 
 
 def test_wilson_interval_matches_the_textbook_values():
