@@ -39,6 +39,9 @@ class LayerCounts:
     # grouping -> group label -> (selections per expert, routing units seen)
     counts: dict[str, dict[str, np.ndarray]] = field(default_factory=lambda: defaultdict(dict))
     units: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+    # sum over routing units of p p^T, p the router's softmax (E,): the inner products of the experts'
+    # probability columns over every unit seen, all that their cosine similarity needs
+    prob_gram: np.ndarray | None = None
 
     def add(self, grouping: str, label: str, selected: np.ndarray) -> None:
         """`selected` (N, E) bool: which experts each of N routing units used."""
@@ -46,6 +49,24 @@ class LayerCounts:
         add = selected.sum(0).astype(np.int64)
         self.counts[grouping][label] = add if prev is None else prev + add
         self.units[grouping][label] = self.units[grouping].get(label, 0) + int(selected.shape[0])
+
+    def add_probs(self, probs: np.ndarray) -> None:
+        """`probs` (N, E): the router's softmax for N routing units."""
+        gram = probs.T.astype(np.float64) @ probs.astype(np.float64)
+        self.prob_gram = gram if self.prob_gram is None else self.prob_gram + gram
+
+    def overall_frequency(self) -> np.ndarray:
+        """(E,) share of all routing units (every level, window and token) that selected each expert."""
+        total = sum(self.counts["level"].values(), np.zeros(self.n_experts, np.int64))
+        return total / max(sum(self.units["level"].values()), 1)
+
+    def similarity(self) -> np.ndarray:
+        """(E, E) cosine similarity of the experts' router-probability columns over all units seen: 1 when the
+        router gives two experts proportional probabilities everywhere (MC-SMoE's routing similarity)."""
+        if self.prob_gram is None:
+            raise RoutingError("this routing record has no router probabilities to compare experts by")
+        norms = np.sqrt(np.clip(np.diag(self.prob_gram), 1e-30, None))
+        return self.prob_gram / np.outer(norms, norms)
 
     def frequency(self, grouping: str) -> tuple[list[str], np.ndarray]:
         """Group labels and (G, E) share of each group's routing units that selected each expert."""
@@ -122,6 +143,8 @@ def _count(stats: RoutingStats, rec: Any, names: list[str], tasks: list[str], le
     w = rec.weights.detach().float().cpu().numpy()  # (B, T, E)
     b, _, e = w.shape
     lc = stats.layers.setdefault(rec.layer, LayerCounts(rec.kind, e))
+    if rec.probs is not None:
+        lc.add_probs(rec.probs.detach().float().cpu().numpy().reshape(-1, e))
     selected = w > 0
     for row in range(b):
         sel = selected[row]

@@ -118,9 +118,9 @@ def build_expert_cache(
         step_plan, step_routes = [], []
         for li, layer in enumerate(layers):
             r = select_experts(layer.router(c), layer.top_k, sample=False, renormalize=layer.renormalize)
-            order = r.indices[0].argsort()  # canonical order, so {a, b} and {b, a} share a copy
-            experts = tuple(int(e) for e in r.indices[0][order])
-            gates = r.weights[0][order].float()
+            # stored experts in canonical (sorted) order, so {a, b} and {b, a} share a copy; merged outputs add
+            experts, gates = layer.stored_choice(r.indices[0], r.weights[0])
+            gates = gates.float()
             key = (li, experts) if fold == "scale" else (li, experts, tuple(gates.tolist()))
             if key not in fused:
                 folded = None if fold == "scale" else gates.tolist()
