@@ -39,9 +39,11 @@ class LayerCounts:
     # grouping -> group label -> (selections per expert, routing units seen)
     counts: dict[str, dict[str, np.ndarray]] = field(default_factory=lambda: defaultdict(dict))
     units: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
-    # sum over routing units of p p^T, p the router's softmax (E,): the inner products of the experts'
-    # probability columns over every unit seen, all that their cosine similarity needs
+    # over routing units, p the router's softmax (E,): sum of p p^T, sum of p and the unit count, all that the
+    # correlation of two experts' probability columns over every unit seen needs
     prob_gram: np.ndarray | None = None
+    prob_sum: np.ndarray | None = None
+    prob_units: int = 0
 
     def add(self, grouping: str, label: str, selected: np.ndarray) -> None:
         """`selected` (N, E) bool: which experts each of N routing units used."""
@@ -52,8 +54,13 @@ class LayerCounts:
 
     def add_probs(self, probs: np.ndarray) -> None:
         """`probs` (N, E): the router's softmax for N routing units."""
-        gram = probs.T.astype(np.float64) @ probs.astype(np.float64)
-        self.prob_gram = gram if self.prob_gram is None else self.prob_gram + gram
+        p = probs.astype(np.float64)
+        gram, total = p.T @ p, p.sum(0)
+        if self.prob_gram is None or self.prob_sum is None:
+            self.prob_gram, self.prob_sum = gram, total
+        else:
+            self.prob_gram, self.prob_sum = self.prob_gram + gram, self.prob_sum + total
+        self.prob_units += p.shape[0]
 
     def overall_frequency(self) -> np.ndarray:
         """(E,) share of all routing units (every level, window and token) that selected each expert."""
@@ -61,12 +68,21 @@ class LayerCounts:
         return total / max(sum(self.units["level"].values()), 1)
 
     def similarity(self) -> np.ndarray:
-        """(E, E) cosine similarity of the experts' router-probability columns over all units seen: 1 when the
-        router gives two experts proportional probabilities everywhere (MC-SMoE's routing similarity)."""
-        if self.prob_gram is None:
+        """(E, E) correlation of the experts' router probabilities over all units seen: 1 when the router favours
+        two experts on the same units (levels, tokens) alike, negative when it favours one where it avoids the
+        other (MC-SMoE's routing similarity, centred: raw probabilities are all positive, so their cosine is
+        near 1 for any two experts of a router that is not yet sharp). 0 for an expert whose probability never
+        changes."""
+        if self.prob_gram is None or self.prob_sum is None or not self.prob_units:
             raise RoutingError("this routing record has no router probabilities to compare experts by")
-        norms = np.sqrt(np.clip(np.diag(self.prob_gram), 1e-30, None))
-        return self.prob_gram / np.outer(norms, norms)
+        mean = self.prob_sum / self.prob_units
+        cov = self.prob_gram / self.prob_units - np.outer(mean, mean)
+        std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+        varies = std > 1e-9 * max(float(std.max()), 1e-30)
+        denom = np.outer(np.where(varies, std, 1.0), np.where(varies, std, 1.0))
+        corr = np.where(np.outer(varies, varies), cov / denom, 0.0)
+        np.fill_diagonal(corr, 1.0)
+        return np.clip(corr, -1.0, 1.0)
 
     def frequency(self, grouping: str) -> tuple[list[str], np.ndarray]:
         """Group labels and (G, E) share of each group's routing units that selected each expert."""
