@@ -178,9 +178,9 @@ def align_units(reference: SwiGLU, other: SwiGLU) -> torch.Tensor:
     reference pairs with unit perm[i] of `other`): maximum total inner product of the unit features."""
     from scipy.optimize import linear_sum_assignment
 
-    score = (_unit_features(reference) @ _unit_features(other).T).double().numpy()
+    score = (_unit_features(reference) @ _unit_features(other).T).double().cpu().numpy()
     rows, cols = linear_sum_assignment(score, maximize=True)
-    return torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
+    return torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long, device=other.w_in.weight.device)
 
 
 def permuted_weights(expert: SwiGLU, perm: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -205,7 +205,9 @@ def merge_group(experts: Sequence[SwiGLU], frequency: Sequence[float]) -> dict[s
     reference = experts[0]
     merged: dict[str, torch.Tensor] = {}
     for expert, w in zip(experts, weights, strict=True):
-        perm = torch.arange(expert.hidden) if expert is reference else align_units(reference, expert)
+        perm = torch.arange(expert.hidden, device=expert.w_in.weight.device)
+        if expert is not reference:
+            perm = align_units(reference, expert)
         for name, value in permuted_weights(expert, perm).items():
             merged[name] = merged.get(name, 0) + w * value.float()
     dtype = reference.w_in.weight.dtype
