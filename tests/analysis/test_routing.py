@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from tests.analysis.conftest import MOE
 from tests.train.helpers import TINY, write_reach_store
-from vla.analysis.routing import collect_routing, routing_purity
+from vla.analysis.routing import RoutingError, collect_routing, routing_purity
 from vla.analysis.windows import WindowsError
 from vla.cli import app
 from vla.errors import PolicyError
@@ -94,3 +94,18 @@ def test_himoe_routing_has_action_space_and_token_layers(himoe_run):
             assert purity == 1.0
         else:
             assert 0 < purity <= 1
+
+
+def test_expert_similarity_is_the_correlation_of_router_probabilities():
+    from vla.analysis.routing import LayerCounts
+
+    lc = LayerCounts("noise", 4)
+    with pytest.raises(RoutingError, match="no router probabilities"):
+        lc.similarity()
+    # experts 0 and 1 rise and fall together, 2 opposite to them, 3 never changes
+    lc.add_probs(np.array([[0.3, 0.3, 0.15, 0.25], [0.2, 0.2, 0.35, 0.25]]))
+    lc.add_probs(np.array([[0.35, 0.35, 0.05, 0.25]]))
+    sim = lc.similarity()
+    np.testing.assert_allclose(sim[0], [1.0, 1.0, -1.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(np.diag(sim), 1.0)
+    np.testing.assert_allclose(sim, sim.T)

@@ -42,6 +42,11 @@ class LayerCounts:
     # grouping -> group label -> (selections per expert, routing units seen)
     counts: dict[str, dict[str, np.ndarray]] = field(default_factory=lambda: defaultdict(dict))
     units: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+    # over routing units, p the router's softmax (E,): sum of p p^T, sum of p and the unit count, all that the
+    # correlation of two experts' probability columns over every unit seen needs
+    prob_gram: np.ndarray | None = None
+    prob_sum: np.ndarray | None = None
+    prob_units: int = 0
 
     def add(self, grouping: str, label: str, selected: np.ndarray) -> None:
         """`selected` (N, E) bool: which experts each of N routing units used."""
@@ -49,6 +54,38 @@ class LayerCounts:
         add = selected.sum(0).astype(np.int64)
         self.counts[grouping][label] = add if prev is None else prev + add
         self.units[grouping][label] = self.units[grouping].get(label, 0) + int(selected.shape[0])
+
+    def add_probs(self, probs: np.ndarray) -> None:
+        """`probs` (N, E): the router's softmax for N routing units."""
+        p = probs.astype(np.float64)
+        gram, total = p.T @ p, p.sum(0)
+        if self.prob_gram is None or self.prob_sum is None:
+            self.prob_gram, self.prob_sum = gram, total
+        else:
+            self.prob_gram, self.prob_sum = self.prob_gram + gram, self.prob_sum + total
+        self.prob_units += p.shape[0]
+
+    def overall_frequency(self) -> np.ndarray:
+        """(E,) share of all routing units (every level, window and token) that selected each expert."""
+        total = sum(self.counts["level"].values(), np.zeros(self.n_experts, np.int64))
+        return total / max(sum(self.units["level"].values()), 1)
+
+    def similarity(self) -> np.ndarray:
+        """(E, E) correlation of the experts' router probabilities over all units seen: 1 when the router favours
+        two experts on the same units (levels, tokens) alike, negative when it favours one where it avoids the
+        other (MC-SMoE's routing similarity, centred: raw probabilities are all positive, so their cosine is
+        near 1 for any two experts of a router that is not yet sharp). 0 for an expert whose probability never
+        changes."""
+        if self.prob_gram is None or self.prob_sum is None or not self.prob_units:
+            raise RoutingError("this routing record has no router probabilities to compare experts by")
+        mean = self.prob_sum / self.prob_units
+        cov = self.prob_gram / self.prob_units - np.outer(mean, mean)
+        std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+        varies = std > 1e-9 * max(float(std.max()), 1e-30)
+        denom = np.outer(np.where(varies, std, 1.0), np.where(varies, std, 1.0))
+        corr = np.where(np.outer(varies, varies), cov / denom, 0.0)
+        np.fill_diagonal(corr, 1.0)
+        return np.clip(corr, -1.0, 1.0)
 
     def frequency(self, grouping: str) -> tuple[list[str], np.ndarray]:
         """Group labels and (G, E) share of each group's routing units that selected each expert."""
@@ -143,6 +180,8 @@ def _count(stats: RoutingStats, rec: Any, names: list[str], tasks: list[str], le
     w = rec.weights.detach().float().cpu().numpy()  # (B, T, E)
     b, _, e = w.shape
     lc = stats.layers.setdefault(rec.layer, LayerCounts(rec.kind, e))
+    if rec.probs is not None:
+        lc.add_probs(rec.probs.detach().float().cpu().numpy().reshape(-1, e))
     selected = w > 0
     for row in range(b):
         sel = selected[row]

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from vla.cli import data, demo, robot, sim
+from vla.cli import compress, data, demo, robot, sim
 from vla.cli import eval as eval_cli
 from vla.cli import export as export_cli
 from vla.cli import inspect as inspect_cli
@@ -24,6 +24,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(sim.app, name="sim")
 app.add_typer(eval_cli.app, name="eval")
 app.command(name="train")(train_cli.train)
+app.command(name="compress")(compress.compress)
 app.command(name="demo")(demo.demo)
 app.add_typer(robot.app, name="robot")
 app.add_typer(inspect_cli.app, name="inspect")

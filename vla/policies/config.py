@@ -195,6 +195,28 @@ class HorizonFields:
         return horizon_config_problems(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class ExpertCompressionFields:
+    """Merged and compressed experts (`vla compress`): written by the compressor, never set by hand. The
+    defaults (no map, no rank, no sparsity) are the experts as trained."""
+
+    # one entry per MoE layer in module order: () leaves the layer as trained; otherwise router output -> one of
+    # K stored experts (vla.policies.modules.moe.restructure_experts)
+    expert_map: tuple[tuple[int, ...], ...] | None = None
+    expert_rank: int | None = None  # merged experts' projections as rank-r products (None: dense)
+    expert_sparsity: float = 0.0  # ... plus this share of each weight's entries as a sparse residual
+
+    def compression_problems(self) -> list[str]:
+        problems = []
+        if self.expert_rank is not None and self.expert_rank < 1:
+            problems.append(f"expert_rank must be >= 1 (or None), got {self.expert_rank}")
+        if not 0.0 <= self.expert_sparsity < 1.0:
+            problems.append(f"expert_sparsity must be in [0, 1), got {self.expert_sparsity}")
+        if self.expert_map is None and (self.expert_rank is not None or self.expert_sparsity):
+            problems.append("expert_rank and expert_sparsity apply to merged experts: they need expert_map")
+        return problems
+
+
 def _matches(value: Any, hint: Any) -> bool:
     """Whether a config value fits its annotation (the kinds configs use: numbers, strings, bools, None,
     tuples, mappings, unions); anything more exotic is not checked."""

@@ -22,7 +22,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 from vla.errors import PolicyError
-from vla.policies.config import ConditioningFields, HorizonFields, PolicyConfig
+from vla.policies.config import ConditioningFields, ExpertCompressionFields, HorizonFields, PolicyConfig
 from vla.policies.modules.flow import TIME_SAMPLERS
 from vla.policies.modules.hier_moe import ACTION_SPACE_INPUTS
 
@@ -33,7 +33,7 @@ PAPER_PATTERN = "aa" + "hhhh" + "dddddd" + "hhhh" + "aa"  # 18 layers
 
 
 @dataclasses.dataclass(frozen=True)
-class HiMoEConfig(HorizonFields, ConditioningFields, PolicyConfig):
+class HiMoEConfig(ExpertCompressionFields, HorizonFields, ConditioningFields, PolicyConfig):
     name: ClassVar[str] = "himoe"
     presets: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below
     moh_n_action_steps: ClassVar[int | None] = 10  # the mixture version executes at most 10 steps per chunk
@@ -118,6 +118,7 @@ class HiMoEConfig(HorizonFields, ConditioningFields, PolicyConfig):
             if not self.camera_keys:
                 problems.append("backbone='hf_vlm' needs at least one camera")
         problems += self.language_problems() + self.vision_problems() + self.horizon_problems()
+        problems += self.compression_problems()
         if problems:
             raise PolicyError("invalid HiMoE config: " + "; ".join(problems))
 

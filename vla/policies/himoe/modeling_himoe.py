@@ -71,7 +71,7 @@ from vla.policies.modules.horizons import (
     mixture_loss,
 )
 from vla.policies.modules.init import init_linear_weights
-from vla.policies.modules.moe import Routing, dense_routing_weights, select_experts
+from vla.policies.modules.moe import Routing, dense_routing_weights, restructure_experts, select_experts
 from vla.policies.policy import Policy
 from vla.policies.routing import LayerRouting
 
@@ -214,6 +214,8 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
         self.state_token = nn.Parameter(torch.randn(1, 1, d) * 0.02) if s is None else None
         self.route_dim = self._route_dim()
         self.transformer = ActionTransformer(config, self.route_dim)
+        # merged/compressed experts (`vla compress`): the layers take the checkpoint's shape before it loads
+        restructure_experts(self.transformer, config.expert_map, config.expert_rank, config.expert_sparsity)
         self.moh = (
             MixtureOfHorizons(d, config.horizons, 1, "full", config.moh_gate_noise)
             if config.horizons is not None
@@ -525,7 +527,8 @@ class HiMoEPolicy(DynamicHorizonPolicy, Policy):
             self.train(was_training)
         kinds = {"action_space": "action_space", "hb": "token"}
         return [
-            LayerRouting(f"block{r.index}.{r.kind}", kinds[r.kind], dense_routing_weights(r.routing)) for r in records
+            LayerRouting(f"block{r.index}.{r.kind}", kinds[r.kind], dense_routing_weights(r.routing), r.routing.probs)
+            for r in records
         ]
 
     # --- accounting -------------------------------------------------------------------------------------

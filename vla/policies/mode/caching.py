@@ -149,9 +149,9 @@ def step_routes(transformer: nn.Module, edm: EDM, num_steps: int) -> list[list[R
             if layer.router is None:
                 raise ValueError("a layer without a router (an exported expert plan) cannot be routed again")
             r = select_experts(layer.router(c), layer.top_k, sample=False, renormalize=layer.renormalize)
-            order = r.indices[0].argsort()  # canonical order, so {a, b} and {b, a} share a copy
-            experts = tuple(int(e) for e in r.indices[0][order])
-            step.append((experts, tuple(r.weights[0][order].float().tolist())))
+            # stored experts in canonical (sorted) order, so {a, b} and {b, a} share a copy; merged outputs add
+            experts, gates = layer.stored_choice(r.indices[0], r.weights[0])
+            step.append((experts, tuple(gates.float().tolist())))
         routes.append(step)
     return routes
 

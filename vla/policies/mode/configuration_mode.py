@@ -21,7 +21,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 from vla.errors import PolicyError
-from vla.policies.config import ConditioningFields, HorizonFields, PolicyConfig
+from vla.policies.config import ConditioningFields, ExpertCompressionFields, HorizonFields, PolicyConfig
 from vla.policies.modules.diffusion import SIGMA_SCHEDULES, EDMSettings
 from vla.policies.modules.horizons import ACTION_ATTENTION
 
@@ -33,7 +33,7 @@ GOAL_DROPOUT_MODES = ("sequence", "element")
 
 
 @dataclasses.dataclass(frozen=True)
-class MoDEConfig(HorizonFields, ConditioningFields, PolicyConfig):
+class MoDEConfig(ExpertCompressionFields, HorizonFields, ConditioningFields, PolicyConfig):
     name: ClassVar[str] = "mode"
     presets: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below
     # with causal attention among the action tokens every horizon would predict a step alike
@@ -132,7 +132,7 @@ class MoDEConfig(HorizonFields, ConditioningFields, PolicyConfig):
             problems.append("num_sampling_steps must be >= 1")
         if self.action_attention not in ACTION_ATTENTION:
             problems.append(f"action_attention {self.action_attention!r} not in {ACTION_ATTENTION}")
-        problems += self.horizon_problems() + self._plan_problems()
+        problems += self.horizon_problems() + self._plan_problems() + self.compression_problems()
         if self.horizons is not None and len(self.horizons) > 1 and self.action_attention != "full":
             problems.append(
                 "a mixture of horizons needs action_attention='full' (with causal attention every "

@@ -55,6 +55,7 @@ from vla.policies.modules.moe import (
     SwiGLU,
     dense_routing_weights,
     load_balancing_loss,
+    restructure_experts,
 )
 from vla.policies.modules.vision import to_float_images
 from vla.policies.policy import Policy
@@ -205,6 +206,8 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
             config.vision_backbone,
         )
         self.transformer = MoDETransformer(config)
+        # merged/compressed experts (`vla compress`): the layers take the checkpoint's shape before it loads
+        restructure_experts(self.transformer, config.expert_map, config.expert_rank, config.expert_sparsity)
         # Mixture of Horizons: the gate (its only weights) and the layout of the horizons' segments.
         self.moh = (
             MixtureOfHorizons(
@@ -523,7 +526,7 @@ class MoDEPolicy(DynamicHorizonPolicy, Policy):
         finally:
             self.train(was_training)
         return [
-            LayerRouting(f"block{i}.ffn", "noise", dense_routing_weights(r).unsqueeze(1))
+            LayerRouting(f"block{i}.ffn", "noise", dense_routing_weights(r).unsqueeze(1), r.probs.unsqueeze(1))
             for i, r in enumerate(routings)
         ]
 

@@ -18,10 +18,16 @@ Pieces, each with one job:
   dispatch + k experts, for routing that is known ahead of time (see vla/policies/mode/caching.py).
   The fused weights can be kept in float32, bfloat16 or int8, because at batch 1 on a CPU the
   matmuls are skinny (one row per token) and reading weights dominates.
+- Merged and compressed experts (`vla compress`, vla/analysis/compress.py): a layer may hold fewer
+  experts than its router has outputs; `expert_map` (router output -> stored expert) then sends each
+  choice to the expert it was merged into, and `LowRankSparseLinear` (U V + a sparse residual) may
+  stand in for the experts' projections. `restructure_experts` builds that shape from the config,
+  so a compressed checkpoint loads like any other.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -186,18 +192,29 @@ class MoELayer(nn.Module):
         self.token_sampling = token_sampling
         self.router = router
         self.experts = nn.ModuleList(SwiGLU(dim, hidden, bias, dropout, out_bias) for _ in self.expert_ids)
+        # Router output -> stored expert, when experts were merged (`restructure_experts`); None: one expert per
+        # output. Not saved with the weights: the config holds it. A merged layer's `expert_ids` are its stored
+        # experts 0..K-1 (what the map points to).
+        self.expert_map: torch.Tensor | None
+        self.register_buffer("expert_map", None, persistent=False)
 
     @property
     def n_experts(self) -> int:
-        """The experts the router chooses among (the layer may hold fewer: `expert_ids`)."""
+        """The experts the router chooses among (the layer may hold fewer: `expert_ids`, `expert_map`)."""
         return self._n_routed
 
     @property
+    def n_stored(self) -> int:
+        """Experts held: `n_experts`, or fewer after merging or specialising."""
+        return len(self.experts)
+
+    @property
     def holds_all(self) -> bool:
-        return len(self.experts) == self._n_routed
+        """Every router output reaches an expert this layer holds (merged layers map each output to one)."""
+        return self.expert_map is not None or len(self.experts) == self._n_routed
 
     def expert(self, e: int) -> SwiGLU:
-        """Expert `e` (an id among the router's outputs)."""
+        """Expert `e` (an id among the router's outputs; for a merged layer, a stored expert 0..K-1)."""
         if e not in self.expert_ids:
             raise PolicyError(f"expert {e} is not held by this layer (it keeps {list(self.expert_ids)})")
         return self.experts[self.expert_ids.index(e)]  # type: ignore[return-value]
@@ -205,9 +222,19 @@ class MoELayer(nn.Module):
     def keep_experts(self, keep: Sequence[int]) -> None:
         """Drop every expert but `keep` (ids among the router's outputs), in place; the router is unchanged,
         so the kept experts' gate weights stay exactly what the full layer computes."""
+        if self.expert_map is not None:
+            raise PolicyError("a layer with merged experts (vla compress) cannot also drop experts (vla export)")
         ids = _expert_ids(keep, self._n_routed)
         self.experts = nn.ModuleList(self.expert(e) for e in ids)
         self.expert_ids = ids
+
+    def stored_choice(self, indices: torch.Tensor, weights: torch.Tensor) -> tuple[tuple[int, ...], torch.Tensor]:
+        """One routing unit's (k,) chosen router outputs and gate weights -> the stored experts they run
+        (sorted) and each one's summed gate (two outputs merged into one expert run it once, weights added)."""
+        idx = indices if self.expert_map is None else self.expert_map[indices]
+        experts, inverse = torch.unique(idx, sorted=True, return_inverse=True)
+        gates = torch.zeros(len(experts), dtype=weights.dtype, device=weights.device).index_add_(0, inverse, weights)
+        return tuple(int(e) for e in experts), gates
 
     def route(self, route_input: torch.Tensor, generator: torch.Generator | None = None) -> Routing:
         """Sampled top-k in training, deterministic top-k in eval."""
@@ -229,12 +256,16 @@ class MoELayer(nn.Module):
 
     def dispatch(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         """Run each expert on the tokens routed to it and add the gate-weighted results."""
-        return self.run_experts(x, routing.indices, routing.weights)
+        idx, w = routing.indices, routing.weights
+        if self.expert_map is not None:  # merged experts: a choice runs the expert its output was merged into
+            idx = self.expert_map[idx]
+        return self.run_experts(x, idx, w)
 
     def run_experts(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, held_only: bool = False) -> torch.Tensor:
-        """`dispatch` for chosen experts `idx` (ids among the router's outputs) and gate weights `w`, both
-        (B, k) per sequence or (B, T, k) per token. `held_only`: the caller guarantees every id is held (a
-        plan made from this layer's experts), so the check for dropped experts is skipped."""
+        """`dispatch` for chosen experts `idx` (held expert ids: router outputs, or stored experts of a merged
+        layer) and gate weights `w`, both (B, k) per sequence or (B, T, k) per token. `held_only`: the caller
+        guarantees every id is held (a plan made from this layer's experts), so the check for dropped experts
+        is skipped."""
         if idx.dim() == x.dim() - 1:  # per-sequence routing: every token of a sequence shares it
             idx = idx.unsqueeze(-2).expand(*x.shape[:-1], self.top_k)
             w = w.unsqueeze(-2).expand(*x.shape[:-1], self.top_k)
@@ -244,13 +275,13 @@ class MoELayer(nn.Module):
             self._check_held(flat_idx)
         out = torch.zeros_like(flat_x)
         keep_idle = self.keep_idle_experts and torch.is_grad_enabled()
-        used = torch.zeros(self.n_experts, dtype=torch.bool) if keep_idle else None
+        used = torch.zeros(self.n_stored, dtype=torch.bool) if keep_idle else None
         # held experts in ascending id order: the same additions in the same order as the full layer
-        for e, expert in zip(self.expert_ids, self.experts, strict=True):
+        for slot, (e, expert) in enumerate(zip(self.expert_ids, self.experts, strict=True)):
             chosen = flat_idx == e  # (N, k)
             rows = chosen.any(-1).nonzero().squeeze(-1)
             if used is not None:
-                used[e] = rows.numel() > 0
+                used[slot] = rows.numel() > 0
             elif rows.numel() == 0:
                 continue
             gate = (flat_w * chosen).sum(-1)[rows].unsqueeze(-1).to(x.dtype)
@@ -296,9 +327,9 @@ def keep_idle_experts(module: nn.Module, keep: bool = True) -> list[MoELayer]:
 
 
 def experts_used(layers: Sequence[MoELayer]) -> torch.Tensor:
-    """(sum of n_experts,) 1 where an expert got a token since the last `drop_idle_expert_grads`, else 0."""
+    """(sum of n_stored,) 1 where an expert got a token since the last `drop_idle_expert_grads`, else 0."""
     parts = [
-        m.experts_used if m.experts_used is not None else torch.zeros(m.n_experts, dtype=torch.bool) for m in layers
+        m.experts_used if m.experts_used is not None else torch.zeros(m.n_stored, dtype=torch.bool) for m in layers
     ]
     return torch.cat(parts).float() if parts else torch.zeros(0)
 
@@ -308,14 +339,151 @@ def drop_idle_expert_grads(layers: Sequence[MoELayer], used: torch.Tensor) -> in
     not run, and restart the usage record; returns how many experts that was."""
     dropped = start = 0
     for m in layers:
-        for e, expert in zip(m.expert_ids, m.experts, strict=True):
-            if float(used[start + e]) == 0:
+        for slot, expert in enumerate(m.experts):  # `used` is indexed by held expert, in the layer's order
+            if float(used[start + slot]) == 0:
                 dropped += 1
                 for p in expert.parameters():
                     p.grad = None
-        start += m.n_experts
+        start += m.n_stored
         m.experts_used = None
     return dropped
+
+
+# --- merged and compressed experts ---------------------------------------------------------------------
+
+
+class LowRankSparseLinear(nn.Module):
+    """A linear map whose weight is stored as a rank-r product plus a sparse residual: W = U V + S.
+
+    `u` (out, r) and `v` (r, in) hold the leading singular directions (singular values folded into `u`);
+    `values` (nnz,) and the buffer `index` (nnz,) hold S's largest entries at flat positions row * in + col,
+    in ascending order (so they form the rows of a CSR matrix). The shapes follow from (in, out, rank, nnz),
+    which the config fixes, so the module loads through `load_state_dict` like any other. `weight` gives the
+    dense W (what expert caching fuses)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, nnz: int, bias: bool = False):
+        super().__init__()
+        if rank < 0 or nnz < 0 or (rank == 0 and nnz == 0):
+            raise ValueError(f"need rank > 0 or nnz > 0, got rank={rank}, nnz={nnz}")
+        self.in_features, self.out_features, self.rank, self.nnz = in_features, out_features, rank, nnz
+        self.u = nn.Parameter(torch.zeros(out_features, rank))
+        self.v = nn.Parameter(torch.zeros(rank, in_features))
+        self.values = nn.Parameter(torch.zeros(nnz))
+        # int32 halves the index bytes; a flat position must fit (checked in `compressed_size`)
+        self.register_buffer("index", torch.arange(nnz, dtype=torch.int32))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self._csr_of: tuple | None = None  # the (index, values) state `_csr` was built from
+        self._csr = torch.zeros(0)
+
+    @torch.no_grad()
+    def set_dense(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """Fit U V to `weight` by a truncated SVD, and keep the `nnz` largest-magnitude entries of what is left."""
+        w = weight.detach().float()
+        approx = torch.zeros_like(w)
+        if self.rank:
+            left, sv, right = torch.linalg.svd(w, full_matrices=False)
+            self.u.copy_(left[:, : self.rank] * sv[: self.rank])
+            self.v.copy_(right[: self.rank])
+            approx = self.u @ self.v
+        if self.nnz:
+            residual = (w - approx).flatten()
+            keep = residual.abs().topk(self.nnz).indices.sort().values
+            self.index.copy_(keep.to(torch.int32))
+            self.values.copy_(residual[keep])
+        if self.bias is not None:
+            assert bias is not None, "this projection has a bias"
+            self.bias.copy_(bias)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense (out, in) weight U V + S."""
+        w = self.u @ self.v
+        flat = w.reshape(-1).index_add(0, self.index.long(), self.values)
+        return flat.reshape(self.out_features, self.in_features)
+
+    def _sparse(self) -> torch.Tensor:
+        """S as a CSR matrix, built once per (index, values) state: compressed experts are for inference, so S
+        carries no gradient."""
+        key = tuple((t.data_ptr(), t._version, t.device) for t in (self.index, self.values))
+        if self._csr_of != key:
+            flat = self.index.long()
+            rows = torch.div(flat, self.in_features, rounding_mode="floor")
+            crow = torch.cat([flat.new_zeros(1), torch.bincount(rows, minlength=self.out_features).cumsum(0)])
+            size = (self.out_features, self.in_features)
+            with warnings.catch_warnings():  # torch's notes that CSR support is "beta": nothing to act on
+                warnings.simplefilter("ignore", UserWarning)
+                self._csr = torch.sparse_csr_tensor(crow, flat % self.in_features, self.values.detach(), size,
+                                                    check_invariants=True)  # fmt: skip
+            self._csr_of = key
+        return self._csr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(F.linear(x, self.v), self.u, self.bias)
+        if self.nnz:
+            flat = x.reshape(-1, self.in_features)
+            sparse = torch.sparse.mm(self._sparse(), flat.T.contiguous()).T  # (N, out)
+            y = y + sparse.reshape(*x.shape[:-1], self.out_features)
+        return y
+
+
+def compressed_size(in_features: int, out_features: int, rank: int, sparsity: float) -> tuple[int, int]:
+    """(nnz, parameters) of an (out, in) weight kept as rank `rank` plus a `sparsity` share of its entries."""
+    numel = in_features * out_features
+    if numel >= 2**31:
+        raise ValueError(f"a {out_features}x{in_features} weight is too large for int32 sparse positions")
+    nnz = round(sparsity * numel)
+    return nnz, rank * (in_features + out_features) + nnz
+
+
+def moe_layers(module: nn.Module) -> list[MoELayer]:
+    """The MoE layers inside `module`, in module order: the order `expert_map` entries refer to."""
+    return [m for m in module.modules() if isinstance(m, MoELayer)]
+
+
+def restructure_experts(
+    module: nn.Module,
+    expert_map: Sequence[Sequence[int]] | None,
+    rank: int | None = None,
+    sparsity: float = 0.0,
+) -> None:
+    """Give the MoE layers of `module` the shape a merged (and compressed) checkpoint has.
+
+    `expert_map`: one entry per MoE layer in module order; an empty entry leaves that layer as built, otherwise
+    it maps each router output to one of K stored experts (0..K-1, each used): the layer then holds K experts,
+    whose projections are `LowRankSparseLinear` when `rank` or `sparsity` is set. None: nothing changes. The
+    weights are whatever is loaded next (`vla compress` writes them)."""
+    if expert_map is None:
+        return
+    layers = moe_layers(module)
+    if len(expert_map) != len(layers):
+        raise PolicyError(f"config expert_map has {len(expert_map)} entries for {len(layers)} MoE layers")
+    for i, (layer, entry) in enumerate(zip(layers, expert_map, strict=True)):
+        if not entry:
+            continue
+        k = max(entry) + 1
+        if len(entry) != layer.n_experts or min(entry) < 0 or sorted(set(entry)) != list(range(k)):
+            raise PolicyError(
+                f"config expert_map[{i}] {list(entry)}: needs one entry per router output ({layer.n_experts}), "
+                "each in 0..K-1, every one of them used"
+            )
+        first: SwiGLU = layer.experts[0]  # type: ignore[assignment]
+        dim, hidden = first.w_in.in_features, first.hidden
+        bias, out_bias = first.w_in.bias is not None, first.w_out.bias is not None
+        experts = [SwiGLU(dim, hidden, bias, first.dropout.p, out_bias) for _ in range(k)]
+        if rank or sparsity:
+            for e in experts:
+                e.w_in = _compressed(dim, 2 * hidden, rank or 0, sparsity, bias)
+                e.w_out = _compressed(hidden, dim, rank or 0, sparsity, out_bias)
+        if not layer.holds_all:
+            raise PolicyError(f"MoE layer {i} was specialised (vla export): merge the full checkpoint instead")
+        layer.experts = nn.ModuleList(experts)
+        layer.expert_ids = tuple(range(k))
+        layer.expert_map = torch.tensor(list(entry), dtype=torch.long, device=first.w_in.weight.device)
+
+
+def _compressed(in_features: int, out_features: int, rank: int, sparsity: float, bias: bool) -> LowRankSparseLinear:
+    nnz, _ = compressed_size(in_features, out_features, rank, sparsity)
+    return LowRankSparseLinear(in_features, out_features, rank, nnz, bias)
 
 
 @dataclass(frozen=True)
@@ -332,7 +500,7 @@ def expert_parameters(module: nn.Module) -> ExpertParameters:
     for m in module.modules():
         if isinstance(m, MoELayer):
             per_expert = sum(p.numel() for p in m.experts[0].parameters())
-            experts += per_expert * len(m.experts)
+            experts += per_expert * m.n_stored
             active += per_expert * m.top_k
             routers += sum(p.numel() for p in m.router.parameters()) if m.router is not None else 0
     return ExpertParameters(experts, active, routers)
