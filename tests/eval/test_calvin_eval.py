@@ -261,3 +261,56 @@ def test_real_simulator_runs_chains_when_installed(tmp_path):
     assert summary["simulator"]["commit"] and summary["avg_len"] == 0.0  # 3 random steps complete nothing
     assert all(r["steps"] == 3 for r in records(tmp_path))
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 1
+
+
+# --- --subtasks: a non-protocol filter of the chains ----------------------------------------------------
+SCRIPTED = ("move_slider_left", "move_slider_right", "open_drawer", "close_drawer", "turn_on_led", "turn_off_led",
+            "turn_on_lightbulb", "turn_off_lightbulb")  # fmt: skip
+
+
+def test_filter_keeps_chains_starting_in_the_set_cut_before_the_first_outside():
+    from vla.eval.protocols.calvin import filter_chains
+
+    every = evaluation_chains()
+    kept = filter_chains(every, SCRIPTED)
+    assert kept and len(kept) < len(every)
+    originals = {c.index: c for c in every}
+    for chain in kept:
+        full = originals[chain.index]
+        n = len(chain.subtasks)
+        assert chain.subtasks == full.subtasks[:n] and set(chain.subtasks) <= set(SCRIPTED)
+        assert n == 5 or full.subtasks[n] not in SCRIPTED, "cut exactly at the first subtask outside the set"
+        assert (chain.state_id, chain.state) == (full.state_id, full.state)
+    # every chain that starts in the set is kept, in reference order
+    assert [c.index for c in kept] == [c.index for c in every if c.subtasks[0] in SCRIPTED]
+
+
+def test_filtered_run_records_the_filter_and_is_not_paired_with_a_protocol_run(tmp_path):
+    from vla.errors import ComparisonError
+    from vla.eval.compare import compare_runs
+
+    filtered = tmp_path / "filtered"
+    summary = evaluate_calvin(config(filtered, chain_ids=None, chains=4, subtasks=SCRIPTED, videos=0), progress=False)
+    settings = summary["settings"]
+    assert settings["subtask_filter"] == list(SCRIPTED) and settings["protocol"].startswith("NOT the protocol")
+    rows = records(filtered)
+    assert len(rows) == 4 and all(set(r["subtasks"]) <= set(SCRIPTED) for r in rows)
+    assert all(len(r["stages"]) <= len(r["subtasks"]) for r in rows)
+    assert summary["asked_avg_len"] == pytest.approx(sum(len(r["subtasks"]) for r in rows) / 4)
+    assert summary["chain_sr"]["1"] > 0, "the fake scene's scripted planner solves these subtasks"
+    assert "NOT the CALVIN protocol" in (filtered / "report.md").read_text()
+    protocol = tmp_path / "protocol"
+    evaluate_calvin(config(protocol, chain_ids=[r["chain"] for r in rows], videos=0), progress=False)
+    with pytest.raises(ComparisonError, match="subtask_filter"):
+        compare_runs(filtered, protocol)
+
+
+def test_unknown_subtask_is_one_clear_error(tmp_path):
+    with pytest.raises(EvalError, match=r"unknown CALVIN subtask\(s\) open_the_drawer in --subtasks; known: "):
+        evaluate_calvin(config(tmp_path / "x", subtasks=["open_drawer", "open_the_drawer"]), progress=False)
+    assert not (tmp_path / "x").exists()
+    result = CliRunner().invoke(app, ["eval", "calvin", "--out", str(tmp_path / "y"), "--policy", "random",
+                                      "--subtasks", "lift_the_block"])  # fmt: skip
+    assert result.exit_code != 0 and "unknown CALVIN subtask(s) lift_the_block" in str(result.exception or "") + (
+        result.output
+    )

@@ -121,10 +121,22 @@ def calvin(
         ),
     ],
     chains: Annotated[
-        int, typer.Option(help="Evaluate the first N of the 1000 reference chains (5 subtasks each).")
+        int,
+        typer.Option(
+            help="Evaluate the first N of the 1000 reference chains (5 subtasks each); the reference order is "
+            "shuffled, so the first N are a random subsample of the protocol."
+        ),
     ] = 1000,
     chain_ids: Annotated[
         str | None, typer.Option(help="Explicit chain ids instead, e.g. '0-9' or '3,17'; overrides --chains.")
+    ] = None,
+    subtasks: Annotated[
+        str | None,
+        typer.Option(
+            help="NOT the protocol (recorded in the settings; `vla eval compare` refuses to pair it with a protocol "
+            "run): only chains whose first subtask is one of these comma-separated names, each cut before its first "
+            "subtask outside them, e.g. 'open_drawer,turn_on_led'. --chains N then takes the first N such chains."
+        ),
     ] = None,
     workers: Annotated[int, typer.Option(help="Worker processes, each owning one simulator.")] = 1,
     policy_in_workers: Annotated[
@@ -171,6 +183,7 @@ def calvin(
         policy=policy,
         chains=chains,
         chain_ids=parse_ids(chain_ids) if chain_ids else None,
+        subtasks=subtasks.split(",") if subtasks is not None else None,
         max_steps=max_steps,
         seed=seed,
         replan_steps=replan_steps,

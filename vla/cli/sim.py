@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -31,7 +32,28 @@ def tasks(suite: Annotated[str, typer.Argument(help="LIBERO suite, e.g. libero_o
 
 @app.command()
 def demos(
-    out: Annotated[Path, typer.Option(help="Output folder: one <task_name>_demo.hdf5 (+ .json) per task.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output folder. LIBERO: one <task_name>_demo.hdf5 (+ .json) per task. CALVIN: a dataset in "
+            "CALVIN's split layout (training/, validation/, demos.json, summary.json)."
+        ),
+    ],
+    benchmark: Annotated[str, typer.Option(help="libero | calvin (the real calvin_env simulator).")] = "libero",
+    subtasks: Annotated[
+        str | None,
+        typer.Option(
+            help="CALVIN: comma-separated subtasks, e.g. 'open_drawer,turn_on_led' (default: every scripted one: "
+            "sliders, drawer, LED, lightbulb)."
+        ),
+    ] = None,
+    validation: Annotated[float, typer.Option(help="CALVIN: share of each subtask's demos put in validation/.")] = 0.1,
+    static_size: Annotated[
+        int, typer.Option(help="CALVIN: static camera size (CALVIN's: 200; smaller only for CPU training).")
+    ] = 200,
+    gripper_size: Annotated[
+        int, typer.Option(help="CALVIN: gripper camera size (CALVIN's: 84; smaller only for CPU training).")
+    ] = 84,
     suite: Annotated[str, typer.Option(help="LIBERO suite.")] = "libero_object",
     task_ids: Annotated[str, typer.Option("--tasks", help="Task ids, e.g. '0,1' or '0-9'.")] = "0-9",
     episodes: Annotated[int, typer.Option(help="Successful demos wanted per task.")] = 10,
@@ -48,11 +70,20 @@ def demos(
     perturb: PerturbOption = None,
     perturb_seed: PerturbSeedOption = 0,
 ) -> None:
-    """Scripted pick-and-place demonstrations in LIBERO's dataset layout; only successes are kept.
+    """Scripted demonstrations in the benchmark's own dataset layout; only successes are kept.
+
+    LIBERO: pick-and-place tasks, one LIBERO task file each. CALVIN (--benchmark calvin): the sliders,
+    drawer, LED and lightbulb subtasks in the real simulator, from the evaluation chains' start states,
+    judged by the evaluation's oracle, written as CALVIN's split folders (`vla data convert --from calvin`).
 
     The table gives the expert's success rate with a Wilson 95% interval; with --episodes N
     --max-attempts N --init-states of N ids each state is tried exactly once (a feasibility check).
     """
+    if benchmark == "calvin":
+        calvin_demos(out, subtasks, episodes, max_attempts, seed, validation, static_size, gripper_size, max_steps)
+        return
+    if benchmark != "libero":
+        raise typer.BadParameter(f"unknown benchmark {benchmark!r}; choose libero or calvin", param_hint="--benchmark")
     from vla.progress import progress_bar
     from vla.sim.perturb import parse_perturbation
     from vla.sim.scripted import collect_task, parse_ids
@@ -92,6 +123,93 @@ def demos(
     console.print(results_table(suite, reports))
     if not any(r.successes for r in reports):
         raise typer.Exit(1)
+
+
+def calvin_demos(
+    out: Path,
+    subtasks: str | None,
+    episodes: int,
+    max_attempts: int | None,
+    seed: int,
+    validation: float,
+    static_size: int,
+    gripper_size: int,
+    max_steps: int | None,
+) -> None:
+    """`vla sim demos --benchmark calvin`: collect, write summary.json (rates with Wilson intervals), print."""
+    from vla.files import atomic_write_text
+    from vla.progress import progress_bar
+    from vla.sim.calvin.env import EP_LEN
+    from vla.sim.calvin_demos import DemoConfig, collect_demos
+    from vla.sim.experts.calvin_scripted import SCRIPTED
+
+    names = subtasks.split(",") if subtasks is not None else list(SCRIPTED)
+    config = DemoConfig(out=out, subtasks=names, episodes=episodes, max_attempts=max_attempts, seed=seed,
+                        validation=validation, static_size=static_size, gripper_size=gripper_size,
+                        max_steps=max_steps or EP_LEN)  # fmt: skip
+    bar = progress_bar(episodes * len(names), "calvin demos", unit="demo")
+
+    def tick(report: object, attempt: object) -> None:
+        bar.update(int(getattr(attempt, "success", False)))
+        bar.set_postfix(subtask=getattr(report, "subtask", ""), ok=f"{report.successes}/{report.attempts}")
+
+    with bar:
+        run = collect_demos(config, on_attempt=tick)
+    summary = calvin_demo_summary(run)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    console.print(calvin_table(summary))
+    console.print(f"{out}: {summary['demos']} demos ({summary['frames']} frames); convert with "
+                  f"`vla data convert --from calvin {out} STORE`", markup=False)  # fmt: skip
+
+
+def calvin_demo_summary(run: object) -> dict:
+    """The expert's success per subtask (Wilson 95% intervals), from a demo run's attempts."""
+    from vla.statistics import wilson_interval
+
+    rows = []
+    for r in run.reports():
+        rows.append({
+            "subtask": r.subtask,
+            "attempts": r.attempts,
+            "successes": r.successes,
+            "success_rate": r.successes / r.attempts if r.attempts else 0.0,
+            "ci95": list(wilson_interval(r.successes, r.attempts)),
+            "mean_steps": sum(r.steps) / len(r.steps) if r.steps else None,
+            "seconds": round(r.seconds, 1),
+            "failed_state_ids": r.failed_state_ids,
+        })  # fmt: skip
+    kept = [a for a in run.attempts if a.success]
+    attempts, successes = sum(r["attempts"] for r in rows), sum(r["successes"] for r in rows)
+    return {
+        "benchmark": "calvin",
+        "settings": run.settings,
+        "subtasks": rows,
+        "total": {
+            "attempts": attempts,
+            "successes": successes,
+            "ci95": list(wilson_interval(successes, attempts)),
+        },
+        "demos": len(kept),
+        "frames": sum(a.frames[1] - a.frames[0] + 1 for a in kept),
+        "splits": {s: sum(1 for a in kept if a.split == s) for s in ("training", "validation")},
+        "reused": run.reused,
+    }
+
+
+def calvin_table(summary: dict) -> Table:
+    from vla.statistics import format_rate
+
+    table = Table("subtask", "demos", "attempts", "success [95% CI]", "mean steps", "time",
+                  title="scripted expert: CALVIN (real simulator, oracle-judged)")  # fmt: skip
+    for r in summary["subtasks"]:
+        steps = f"{r['mean_steps']:.0f}" if r["mean_steps"] else ""
+        rate = format_rate(r["success_rate"], r["ci95"])
+        table.add_row(r["subtask"], str(r["successes"]), str(r["attempts"]), rate, steps, f"{r['seconds']:.0f} s")
+    t = summary["total"]
+    table.add_section()
+    rate = format_rate(t["successes"] / t["attempts"] if t["attempts"] else 0.0, t["ci95"])
+    table.add_row("all", str(t["successes"]), str(t["attempts"]), rate, "", "")
+    return table
 
 
 def results_table(suite: str, reports: list[TaskReport]) -> Table:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ from vla.eval.protocol import EvalProtocol, PreparedEval, Replan, ResolvedPolicy
 from vla.eval.report import plot_bars, write_report
 from vla.eval.results import ResultsLog
 from vla.eval.runner import RunStats
+from vla.sim.base import SimError
+from vla.sim.calvin import tasks
 from vla.sim.calvin.chains import CHAIN_LENGTH, NUM_CHAINS, Chain, evaluation_chains
 from vla.sim.calvin.env import EP_LEN, BackendFactory, CalvinEnv, SimulatorFactory
 from vla.sim.calvin.instructions import instruction
@@ -48,6 +50,10 @@ class CalvinEvalConfig:
     policy: str | Planner = "random"  # "random", a checkpoint directory, or a planner object (Python API)
     chains: int = NUM_CHAINS  # the first N reference chains
     chain_ids: Sequence[int] | None = None  # explicit chains instead (overrides `chains`)
+    # NOT the protocol: keep only chains whose first subtask is one of these, each cut before its first
+    # subtask outside the set (`filter_chains`); recorded in the settings, so a comparison with a
+    # protocol run is refused.
+    subtasks: Sequence[str] | None = None
     max_steps: int = EP_LEN  # per subtask
     seed: int = 0  # policy sampling and the random planner
     replan_steps: int | None = None  # actions executed per plan (default: the policy's n_action_steps)
@@ -75,27 +81,73 @@ class CalvinEnvFactory:
     cameras: tuple[str, ...]
     image_sizes: tuple[tuple[str, int], ...]
     max_steps: int
+    # Cut chains (`--subtasks`): all 1000 with the cut ones in their places; None: the reference chains.
+    chains: tuple[Chain, ...] | None = None
 
     def __call__(self, spec: EpisodeSpec | None = None) -> CalvinEnv:
-        return CalvinEnv(self.backend, cameras=self.cameras, image_sizes=dict(self.image_sizes),
-                         max_steps=self.max_steps)  # fmt: skip
+        return CalvinEnv(self.backend, chains=self._all_chains(), cameras=self.cameras,
+                         image_sizes=dict(self.image_sizes), max_steps=self.max_steps)  # fmt: skip
+
+    def _all_chains(self) -> list[Chain] | None:
+        """The env resets by chain index: every reference chain, the cut ones replacing theirs."""
+        if self.chains is None:
+            return None
+        every = evaluation_chains(NUM_CHAINS)
+        for chain in self.chains:
+            every[chain.index] = chain
+        return every
 
 
 # --- preparation ---------------------------------------------------------------------------------------
 
 
-def select_chains(count: int, ids: Sequence[int] | None) -> list[Chain]:
+def select_chains(count: int, ids: Sequence[int] | None, subtasks: Sequence[str] | None = None) -> list[Chain]:
+    """The reference chains to run: the first `count`, or those of `ids`; with `subtasks`, the filtered
+    chains (`filter_chains`) among all 1000 (or among `ids`), the first `count` of them."""
     every = evaluation_chains(NUM_CHAINS)
-    if ids is None:
-        if not 1 <= count <= NUM_CHAINS:
-            raise EvalError(f"--chains must be in 1..{NUM_CHAINS}, got {count}")
-        return every[:count]
-    bad = [i for i in ids if not 0 <= i < NUM_CHAINS]
-    if bad:
-        raise EvalError(f"chain ids {bad} out of range: the evaluation has {NUM_CHAINS} chains (0..{NUM_CHAINS - 1})")
-    if not ids:
-        raise EvalError("no chains selected")
-    return [every[i] for i in ids]
+    if not 1 <= count <= NUM_CHAINS:
+        raise EvalError(f"--chains must be in 1..{NUM_CHAINS}, got {count}")
+    if ids is not None:
+        bad = [i for i in ids if not 0 <= i < NUM_CHAINS]
+        if bad:
+            raise EvalError(
+                f"chain ids {bad} out of range: the evaluation has {NUM_CHAINS} chains (0..{NUM_CHAINS - 1})"
+            )
+        if not ids:
+            raise EvalError("no chains selected")
+        every = [every[i] for i in ids]
+    if subtasks is None:
+        return every if ids is not None else every[:count]
+    kept = filter_chains(every, subtasks)
+    if not kept:
+        raise EvalError(
+            f"no chain of the selection starts with one of the subtasks {', '.join(subtasks)}; add subtasks or "
+            "select other chains"
+        )
+    return kept if ids is not None else kept[:count]
+
+
+def check_subtasks(subtasks: Sequence[str]) -> tuple[str, ...]:
+    """The --subtasks names, checked (one error naming every unknown one), without repeats."""
+    try:
+        return tasks.check_subtasks(subtasks)
+    except SimError as e:
+        raise EvalError(str(e)) from None
+
+
+def filter_chains(chains: Sequence[Chain], subtasks: Sequence[str]) -> list[Chain]:
+    """NOT the protocol: the chains whose FIRST subtask is in `subtasks`, each cut before its first subtask
+    outside the set (in reference order, keeping each chain's index, start state and scene).
+
+    A chain has at most one subtask per category, so a few categories (e.g. sliders, drawer, lights) never
+    fill a whole chain of 5; the cut keeps what a policy trained on those subtasks can be asked."""
+    allowed = set(check_subtasks(subtasks))
+    out = []
+    for chain in chains:
+        n = next((i for i, name in enumerate(chain.subtasks) if name not in allowed), len(chain.subtasks))
+        if n:
+            out.append(replace(chain, subtasks=chain.subtasks[:n]))
+    return out
 
 
 class CalvinProtocol(EvalProtocol):
@@ -118,7 +170,7 @@ class CalvinProtocol(EvalProtocol):
     def select(self) -> None:
         if self.config.max_steps < 1:
             raise EvalError(f"--max-steps must be >= 1, got {self.config.max_steps}")
-        self.chains = select_chains(self.config.chains, self.config.chain_ids)
+        self.chains = select_chains(self.config.chains, self.config.chain_ids, self.config.subtasks)
 
     def env_spec(self, policy: ResolvedPolicy) -> StoreSpec:
         self.cameras, self.image_sizes = _cameras(policy.config, policy.data_spec, self.config.backend)
@@ -135,7 +187,8 @@ class CalvinProtocol(EvalProtocol):
                 self.config.renderer,
             )
             backend.check()  # a missing simulator is one clear error here, not a failed worker later
-        return CalvinEnvFactory(backend, self.cameras, tuple(self.image_sizes.items()), self.config.max_steps)
+        chains = tuple(self.chains) if self.config.subtasks is not None else None
+        return CalvinEnvFactory(backend, self.cameras, tuple(self.image_sizes.items()), self.config.max_steps, chains)
 
     def episodes(self) -> list[EpisodeSpec]:
         return [_episode(c, self.config.seed) for c in self.chains]
@@ -143,13 +196,20 @@ class CalvinProtocol(EvalProtocol):
     def settings(self, policy: ResolvedPolicy, replan: Replan) -> dict[str, Any]:
         config = self.config
         real = config.backend is None
+        protocol = "reference (mees/calvin evaluate_policy.py): 1 reset per chain, no reset between subtasks"
+        if config.subtasks is not None:
+            protocol = (
+                "NOT the protocol: chains filtered by --subtasks (first subtask in the set, cut before the "
+                "first subtask outside it); " + protocol
+            )
         return {
             "benchmark": "calvin",
-            "protocol": "reference (mees/calvin evaluate_policy.py): 1 reset per chain, no reset between subtasks",
+            "protocol": protocol,
+            "subtask_filter": list(check_subtasks(config.subtasks)) if config.subtasks is not None else None,
             "chains": len(self.chains) if config.chain_ids is None else None,
             "chain_ids": list(config.chain_ids) if config.chain_ids is not None else None,
             "chain_source": "get_sequences(1000) of the reference, shipped in vla/sim/calvin/data/eval_chains.json",
-            "subtasks_per_chain": CHAIN_LENGTH,
+            "subtasks_per_chain": CHAIN_LENGTH if config.subtasks is None else "at most 5 (cut by --subtasks)",
             "max_steps_per_subtask": config.max_steps,
             "language": "first instruction of new_playtable_validation.yaml per subtask",
             "success": "the subtask oracle (calvin_env task rules) on get_info() at subtask start vs now; "
@@ -203,6 +263,10 @@ class CalvinProtocol(EvalProtocol):
                 "success_rate": sr[-1],
                 "success_ci95": list(wilson_interval(sum(1 for n in lengths if n == CHAIN_LENGTH), len(lengths))),
                 "errors": sum(1 for r in records if r.get("error")),
+                # --subtasks cuts chains: the mean length asked is the ceiling of avg_len (5 under the protocol)
+                "asked_avg_len": float(np.mean([len(r.get("subtasks") or ()) or CHAIN_LENGTH for r in records]))
+                if records
+                else 0.0,
             },
             # rows for the generic report table: one per subtask
             tasks=[
@@ -338,8 +402,21 @@ def write_calvin_report(out: Path, summary: Mapping[str, Any]) -> Path:
         f"(of {summary['chains_planned']} planned), average length **{summary['avg_len']:.2f}**, "
         f"wall time {summary.get('wall_s', 0):.0f} s. Simulator: `{summary.get('simulator', {})}`."
     )
+    if filter_note(summary):
+        headline = f"**{filter_note(summary)}**\n\n{headline}"
     subtask_note = "## Per subtask (attempts reached in a chain)"
     return write_report(out, summary, headline=headline, sections=[position_table(summary), subtask_note], plot=plot)
+
+
+def filter_note(summary: Mapping[str, Any]) -> str:
+    """The warning a --subtasks run carries in its report and printout ('' for a protocol run)."""
+    kept = (summary.get("settings") or {}).get("subtask_filter")
+    if not kept:
+        return ""
+    return (
+        f"NOT the CALVIN protocol: chains filtered to the subtasks {', '.join(kept)} (first subtask in the set, "
+        f"cut before the first one outside it); mean length asked {summary.get('asked_avg_len', 0):.2f} of 5."
+    )
 
 
 def print_summary(summary: Mapping[str, Any], console: Any = None) -> None:
@@ -349,7 +426,9 @@ def print_summary(summary: Mapping[str, Any], console: Any = None) -> None:
 
     console = console or Console()
     sr = summary["chain_sr"]
-    table = Table(*(f"{i}/5" for i in sr), "avg. len", title=f"CALVIN ({summary['chains']} chains)")
+    note = filter_note(summary)
+    title = f"CALVIN ({summary['chains']} chains)" + (" - NOT the protocol" if note else "")
+    table = Table(*(f"{i}/5" for i in sr), "avg. len", title=title)
     table.add_row(*(f"{v:.1%}" for v in sr.values()), f"{summary['avg_len']:.2f}", style="bold")
     console.print(table)
     if summary["tasks"]:
@@ -363,6 +442,8 @@ def print_summary(summary: Mapping[str, Any], console: Any = None) -> None:
                 f"{row['mean_steps']:.0f}",
             )
         console.print(sub)
+    if note:
+        console.print(note, markup=False)
     t, run = summary["throughput"], summary["run"]
     console.print(
         f"{t['env_steps_per_s']:.1f} env steps/s, {t['policy_calls_per_s']:.2f} policy calls/s; "

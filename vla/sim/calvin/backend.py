@@ -45,3 +45,25 @@ class CalvinBackend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+REL_POS_SCALE, REL_ORN_SCALE = 0.02, 0.05  # metres / radians per unit of a relative action
+
+
+class TargetPose:
+    """calvin_env's tcp target under relative actions (`use_target_pose`): it starts at the tcp pose of a
+    reset and each action adds its scaled deltas, whether the arm got there or not. `apply` returns the
+    absolute action CALVIN's datasets store next to the relative one (target xyz, euler xyz, gripper)."""
+
+    def __init__(self, pose: np.ndarray):
+        self.pose = np.asarray(pose, np.float64)[:6].copy()
+
+    @classmethod
+    def at(cls, robot_obs: np.ndarray) -> TargetPose:
+        return cls(np.asarray(robot_obs, np.float64)[:6])
+
+    def apply(self, rel_action: np.ndarray) -> np.ndarray:
+        rel = np.asarray(rel_action, np.float64)
+        self.pose[:3] += REL_POS_SCALE * rel[:3]
+        self.pose[3:6] += REL_ORN_SCALE * rel[3:6]
+        return np.concatenate([self.pose, [1.0 if rel[6] > 0 else -1.0]])

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from itertools import permutations, product
 from typing import Any
 
+from vla.sim.base import SimError
+
 State = dict[str, Any]
 
 BLOCKS = ("red", "blue", "pink")
@@ -203,4 +205,15 @@ def initial_states() -> list[State]:
     for values in product(*STATE_VALUES.values()):
         if values.count("table") in (1, 2) and values.count("slider_right") < 2 and values.count("slider_left") < 2:
             out.append(dict(zip(STATE_KEYS, values, strict=True)))
+    return out
+
+
+def check_subtasks(names: Sequence[str], option: str = "--subtasks") -> tuple[str, ...]:
+    """Subtask names as given (blanks and repeats dropped); one error naming every unknown one."""
+    out = tuple(dict.fromkeys(n.strip() for n in names if n.strip()))
+    if not out:
+        raise SimError(f"{option} is empty; give CALVIN subtask names, e.g. open_drawer,turn_on_led")
+    unknown = [n for n in out if n not in SUBTASKS]
+    if unknown:
+        raise SimError(f"unknown CALVIN subtask(s) {', '.join(unknown)} in {option}; known: {', '.join(SUBTASKS)}")
     return out
