@@ -158,3 +158,19 @@ def test_connect_tries_again_when_the_motor_check_misses_a_servo() -> None:
     with pytest.raises(RuntimeError, match="motor check"):
         _connect_with_retries(never)
     assert never.calls == CONNECT_TRIES
+
+
+def test_connect_tries_again_after_a_truncated_reply() -> None:
+    """The Feetech SDK raises IndexError on a short reply to a ping (a busy host or noisy bus)."""
+    from vla.real_robot.drivers.lerobot_robot import _connect_with_retries
+
+    calls = []
+
+    class Truncated:
+        def connect(self, calibrate: bool) -> None:
+            calls.append(calibrate)
+            if len(calls) == 1:
+                raise IndexError("list index out of range")
+
+    _connect_with_retries(Truncated())
+    assert calls == [False, False]

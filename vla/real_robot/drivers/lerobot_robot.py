@@ -76,7 +76,9 @@ def _connect_with_retries(robot: Any) -> None:
         try:
             robot.connect(calibrate=False)
             return
-        except (ConnectionError, RuntimeError):  # lerobot's motor check raises RuntimeError
+        # lerobot's motor check raises RuntimeError; the Feetech SDK indexes a short (truncated) reply to a ping
+        # without checking its length and raises IndexError: both are a missed answer, which the next try gets
+        except (ConnectionError, RuntimeError, IndexError):
             if attempt == CONNECT_TRIES - 1:
                 raise
             bus = getattr(robot, "bus", None)
@@ -113,7 +115,7 @@ class LeRobotArm(Robot):
                 robot.bus.write_calibration(robot.calibration)
             if not self.torque and hasattr(robot, "bus"):
                 robot.bus.disable_torque()
-        except (ConnectionError, RuntimeError, OSError) as e:
+        except (ConnectionError, RuntimeError, OSError, IndexError) as e:
             raise CommError(f"{self.spec.name}: LeRobot {self.config.type} on {self.config.port}: {e}") from None
         self.robot = robot
 
