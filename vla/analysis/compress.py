@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +31,10 @@ import torch
 
 from vla.analysis.routing import RoutingError, RoutingStats, collect_routing
 from vla.errors import VlaError
-from vla.files import atomic_write_text
 from vla.policies.config import ExpertCompressionFields
 from vla.policies.modules.moe import MoELayer, SwiGLU, compressed_size, moe_layers
 from vla.policies.policy import Policy
-from vla.policies.pretrained import DATA_FILE, DATA_SPEC_FILE
+from vla.policies.pretrained import save_derived_checkpoint
 from vla.progress import progress_bar
 
 REPORT_FILE = "compress.json"
@@ -354,12 +351,4 @@ def write_compressed(policy: Policy, report: CompressReport, source: str | Path,
     out, source = Path(out), Path(source)
     if out.exists():
         raise CompressError(f"{out} exists; choose another --out or remove it")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp)
-    for name in (DATA_SPEC_FILE, DATA_FILE):
-        if (source / name).exists():
-            shutil.copy2(source / name, tmp / name)
-    atomic_write_text(tmp / REPORT_FILE, json.dumps(report.to_json(), indent=2))
-    os.replace(tmp, out)
-    return out
+    return save_derived_checkpoint(policy, source, out, {REPORT_FILE: json.dumps(report.to_json(), indent=2)})

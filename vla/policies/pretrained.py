@@ -240,6 +240,25 @@ def save_data_specs(directory: Path, specs: Sequence[StoreSpec], data_paths: Seq
     (directory / DATA_FILE).write_text(json.dumps(entries, indent=2))
 
 
+def save_derived_checkpoint(policy: Policy, source: Path, out: Path, extra: Mapping[str, str] | None = None) -> Path:
+    """`policy`, made from the checkpoint in `source` (exported, compressed), as the new checkpoint folder `out`,
+    with the source's training-data specs (what evaluation checks a benchmark against) and `extra` files
+    (name -> text). Written as `<out>.partial` and renamed, so `out` is complete or absent."""
+    import os
+    import shutil
+
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    policy.save_pretrained(partial)
+    for name in (DATA_SPEC_FILE, DATA_FILE):
+        if (source / name).exists():
+            shutil.copy2(source / name, partial / name)
+    for name, text in (extra or {}).items():
+        (partial / name).write_text(text)
+    os.replace(partial, out)
+    return out
+
+
 def load_data_spec(checkpoint: str | Path, embodiment: str | None = None) -> StoreSpec | None:
     """The training store's spec saved with a checkpoint (with `embodiment`: the first store of that
     embodiment, from the checkpoint's data.json), None when the checkpoint has none."""

@@ -16,17 +16,14 @@ was exported for (docs/specialise.md).
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vla.errors import PolicyError
-from vla.policies.pretrained import DATA_FILE, DATA_SPEC_FILE, load_pretrained, resolve_checkpoint
+from vla.policies.pretrained import load_pretrained, resolve_checkpoint, save_derived_checkpoint
 
 # files of a checkpoint the export copies as they are: what evaluation reads about the training data
-COPIED = (DATA_SPEC_FILE, DATA_FILE)
 
 
 @dataclass(frozen=True)
@@ -51,13 +48,5 @@ def export_specialised(
     before = policy.parameter_counts()
     spec = policy.specialise(embodiment=embodiment, expert_plan=expert_plan)
     after = policy.parameter_counts()
-    # written next to its final place and renamed: a killed export leaves no half checkpoint behind
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    policy.save_pretrained(partial)
-    for name in COPIED:
-        if (source / name).exists():
-            shutil.copy2(source / name, partial / name)
-    os.replace(partial, out)
+    save_derived_checkpoint(policy, source, out)
     return ExportSummary(source, out, policy.config.name, before, after, spec)
