@@ -13,6 +13,8 @@ Comparisons (name: variant vs baseline):
 - moh_vs_fixed: MoDE with the Mixture of Horizons (preset `moh_cpu`: horizons 5/10/15) vs the fixed
   10-step chunk, both executing 5 actions per plan; and moh_dynamic_vs_fixed: the same MoH checkpoint with
   dynamic inference (threshold ratio `--ratio`), which executes as many steps as the horizons agree on.
+- goal_dropout: MoDE `cpu` with the authors' goal dropout (10% of the goal embedding's elements, the FiLM
+  encoders keep the whole goal) vs the preset's (10% of samples lose the whole goal, FiLM included).
 - himoe_vs_dense: HiMoE (the cpu preset widened as in benchmarks/himoe.py) vs the same network with every
   MoE layer dense, its MLP sized to the same active parameters.
 
@@ -62,6 +64,7 @@ MODE_DENSE = {"use_moe": False, "ffn_mult": 8}  # one SwiGLU FFN as wide as MoDE
 VARIANTS: dict[str, Variant] = {
     "mode": Variant("mode", "cpu"),
     "dense": Variant("mode", "cpu", MODE_DENSE),
+    "goal_elements": Variant("mode", "cpu", {"goal_dropout_mode": "element"}),
     "moh": Variant("mode", "moh_cpu"),
     "moh_dynamic": Variant("mode", "moh_cpu", dynamic=True, trained_as="moh"),
     "himoe": Variant("himoe", "cpu"),  # overrides filled in by himoe_variants()
@@ -75,6 +78,7 @@ COMPARISONS: dict[str, list[Comparison]] = {
         Comparison("moh_dynamic", "mode", "moh_dynamic_minus_fixed"),
     ],
     "himoe_vs_dense": [Comparison("himoe", "himoe_dense", "himoe_minus_dense")],
+    "goal_dropout": [Comparison("goal_elements", "mode", "goal_elements_minus_whole_goal")],
 }
 
 

@@ -1,20 +1,24 @@
-"""Short offline A/B of the MoDE switches that follow the authors' code (docs/fidelity.md) at the cpu size.
+"""Short offline A/B of the switches that follow the authors' code (docs/fidelity.md) at the cpu size.
 
-Each variant is the `cpu` preset plus some of `AUTHORS`' switches; it trains for `--steps` steps (batch 32,
-AdamW lr 3e-4) on the training episodes of the LIBERO demo store and is scored on windows of held-out
-episodes (every fifth episode): the mean squared error of the sampled chunk (10 DDIM steps, fixed initial
-noise) against the recorded actions, in normalised units. Every variant of one seed sees the same
-batches, the same held-out windows and the same initial noise, so differences come from the switch (and
-from the different random draws inside the model). No simulator: a proxy for success, cheap enough to
-compare many switches; the closed-loop comparison is benchmarks/comparisons.py.
+Each variant is a suite's base preset plus some of the authors' switches; it trains for `--steps` steps
+(batch 32, AdamW lr 3e-4) on the training episodes of the LIBERO demo store and is scored on windows of
+held-out episodes (every fifth episode): the mean squared error of the sampled chunk (the config's
+sampler, fixed initial noise) against the recorded actions, in normalised units. Every variant of one
+seed sees the same batches, the same held-out windows and the same initial noise, so differences come
+from the switch (and from the different random draws inside the model). No simulator: a proxy for
+success, cheap enough to compare many switches; the closed-loop comparison is benchmarks/comparisons.py.
 
-    .venv/bin/python benchmarks/fidelity_ab.py --steps 300 --seeds 0,1
-The last line is `authors_minus_cpu_action_mse: D` (mean over seeds; negative: the authors' way is better).
+Suites (`--suite`): `mode` (MoDE `cpu`: items 1-3), `himoe` (HiMoE `cpu`: GeGLU dense layers, item 4),
+`moh` (MoDE `moh_cpu`: the balance term per horizon segment, item 6).
+
+    .venv/bin/python benchmarks/fidelity_ab.py --suite mode --steps 300 --seeds 0,1
+The last line is `authors_minus_base_action_mse: D` (mean over seeds; negative: the authors' way is better).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import time
 from pathlib import Path
@@ -24,23 +28,36 @@ import numpy as np
 import torch
 from libero_runs import DEFAULT_STORE, ensure_store
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "cpu": {},
-    "residual_norm": {"ffn_norm": "residual"},
-    "token_routing": {"route_sampling": "token"},
-    "goal_elements": {"goal_dropout_mode": "element"},
-    "noise_linear": {"noise_embedding": "linear"},
-    "expert_bias_dropout": {"expert_bias": True, "expert_out_bias": False, "expert_dropout": 0.1},
-    "authors": "AUTHORS",  # every switch
+# suite -> (policy, base preset, variants); "AUTHORS" stands for every switch of the policy's AUTHORS
+# that the suite is about (the MoDE suite leaves the horizon-mixture switch to `moh`)
+SUITES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "mode": (
+        "mode",
+        "cpu",
+        {
+            "cpu": {},
+            "residual_norm": {"ffn_norm": "residual"},
+            "token_routing": {"route_sampling": "token"},
+            "goal_elements": {"goal_dropout_mode": "element"},
+            "noise_linear": {"noise_embedding": "linear"},
+            "expert_bias_dropout": {"expert_bias": True, "expert_out_bias": False, "expert_dropout": 0.1},
+            "authors": "AUTHORS",
+        },
+    ),
+    "himoe": ("himoe", "cpu", {"cpu": {}, "authors": {"dense_kind": "geglu"}}),
+    "moh": ("mode", "moh_cpu", {"moh_cpu": {}, "authors": {"moh_balance": "segments"}}),
 }
 
 
-def run_variant(name: str, overrides: dict[str, Any], store: str, steps: int, seed: int, eval_windows: int) -> dict:
-    from vla.policies import make_policy
-    from vla.policies.mode import MoDEConfig
+def run_variant(
+    suite: str, name: str, overrides: dict[str, Any], store: str, steps: int, seed: int, eval_windows: int
+) -> dict:
+    from vla.policies import get_policy, make_policy
     from vla.train.data import build_training_data
 
-    data = build_training_data(MoDEConfig, MoDEConfig.presets["cpu"], [store])
+    policy_name, preset, _ = SUITES[suite]
+    config_cls = get_policy(policy_name)[0]
+    data = build_training_data(config_cls, config_cls.presets[preset], [store])
     ds = data.mixture.datasets[0]
     episodes = ds._episode[ds._anchor]  # the episode of every window (benchmark-only peek)
     held = np.flatnonzero(episodes % 5 == 4)
@@ -50,7 +67,7 @@ def run_variant(name: str, overrides: dict[str, Any], store: str, steps: int, se
     contract = {k: getattr(data.config, k) for k in ("camera_keys", "state_dim", "action_dim")}
     stats = {k: dict(v) for k, v in ds.stats.items()}
     torch.manual_seed(seed)
-    policy = make_policy("mode", "cpu", stats, **contract, **overrides)
+    policy = make_policy(policy_name, preset, stats, **contract, **overrides)
     opt = torch.optim.AdamW(policy.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.05)
     batches = np.random.default_rng(1000 + seed).choice(train, size=(steps, 32))
     collate = torch.utils.data.default_collate
@@ -68,14 +85,15 @@ def run_variant(name: str, overrides: dict[str, Any], store: str, steps: int, se
     train_s = time.perf_counter() - t0
     policy.eval()
     trained = policy.config
-    mse = {}
-    # the config's sampler, then CALVIN's 5 steps down to sigma 0.001 (ours) and to 1.0 (the authors')
-    for label, sampling in (("action_mse", {}), ("mse_5_to_0001", {"num_sampling_steps": 5}),
-                            ("mse_5_to_1", {"num_sampling_steps": 5, "sampling_sigma_min": 1.0})):  # fmt: skip
-        policy.config = trained.replace(**sampling)
-        mse[label] = held_out_mse(policy, data.mixture, eval_idx, seed)
-    policy.config = trained
+    mse = {"action_mse": held_out_mse(policy, data.mixture, eval_idx, seed)}
+    if suite == "mode":  # CALVIN's 5 steps down to sigma 0.001 (ours) and to 1.0 (the authors')
+        for label, sampling in (("mse_5_to_0001", {"num_sampling_steps": 5}),
+                                ("mse_5_to_1", {"num_sampling_steps": 5, "sampling_sigma_min": 1.0})):  # fmt: skip
+            policy.config = trained.replace(**sampling)
+            mse[label] = held_out_mse(policy, data.mixture, eval_idx, seed)
+        policy.config = trained
     out = {
+        "suite": suite,
         "variant": name,
         "seed": seed,
         "steps": steps,
@@ -107,6 +125,7 @@ def held_out_mse(policy: Any, mixture: Any, eval_idx: np.ndarray, seed: int) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", choices=sorted(SUITES), default="mode")
     ap.add_argument("--store", type=Path, default=DEFAULT_STORE, help="LIBERO demo store (built when missing)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seeds", default="0,1")
@@ -115,14 +134,16 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append one JSON line per run here (runs already there are reused)")
     args = ap.parse_args()
     args.store = str(ensure_store(args.store, seed=0))
-    from vla.policies.mode.configuration_mode import AUTHORS
+    policy_name, base, variants = SUITES[args.suite]
+    from vla.policies import get_policy
 
-    names = args.only.split(",") if args.only else list(VARIANTS)
+    authors = importlib.import_module(get_policy(policy_name)[0].__module__).AUTHORS
+    names = args.only.split(",") if args.only else list(variants)
     done: dict[tuple[str, int], dict] = {}
     if args.out and Path(args.out).exists():
         for line in Path(args.out).read_text().splitlines():
             r = json.loads(line)
-            if r["steps"] == args.steps:
+            if r["steps"] == args.steps and r.get("suite", "mode") == args.suite:
                 done[(r["variant"], r["seed"])] = r
     results = []
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -130,9 +151,9 @@ def main() -> None:
             if (name, seed) in done:
                 results.append(done[(name, seed)])
                 continue
-            ov = VARIANTS[name]
-            ov = {k: v for k, v in AUTHORS.items() if not k.startswith("moh_")} if ov == "AUTHORS" else ov
-            r = run_variant(name, ov, args.store, args.steps, seed, args.eval_windows)
+            ov = variants[name]
+            ov = {k: v for k, v in authors.items() if not k.startswith("moh_")} if ov == "AUTHORS" else ov
+            r = run_variant(args.suite, name, ov, args.store, args.steps, seed, args.eval_windows)
             results.append(r)
             if args.out:
                 with open(args.out, "a") as f:
@@ -148,8 +169,8 @@ def main() -> None:
             for k in ("mse_5_to_0001", "mse_5_to_1")
         )
         print(f"{name:<22} {per:<34} {mean[name]:.4f}   {np.mean([r['last_loss'] for r in rs]):.4f}     {calvin}")
-    if "authors" in mean and "cpu" in mean:
-        print(f"authors_minus_cpu_action_mse: {mean['authors'] - mean['cpu']:.4f}")
+    if "authors" in mean and base in mean:
+        print(f"authors_minus_base_action_mse: {mean['authors'] - mean[base]:.4f}")
 
 
 if __name__ == "__main__":
