@@ -18,7 +18,6 @@ The last line is `authors_minus_base_action_mse: D` (mean over seeds; negative: 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import time
 from pathlib import Path
@@ -134,10 +133,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append one JSON line per run here (runs already there are reused)")
     args = ap.parse_args()
     args.store = str(ensure_store(args.store, seed=0))
-    policy_name, base, variants = SUITES[args.suite]
-    from vla.policies import get_policy
+    _, base, variants = SUITES[args.suite]
+    from vla.policies.mode.configuration_mode import AUTHORS  # "AUTHORS" is used by the MoDE suite only
 
-    authors = importlib.import_module(get_policy(policy_name)[0].__module__).AUTHORS
     names = args.only.split(",") if args.only else list(variants)
     done: dict[tuple[str, int], dict] = {}
     if args.out and Path(args.out).exists():
@@ -152,7 +150,7 @@ def main() -> None:
                 results.append(done[(name, seed)])
                 continue
             ov = variants[name]
-            ov = {k: v for k, v in authors.items() if not k.startswith("moh_")} if ov == "AUTHORS" else ov
+            ov = {k: v for k, v in AUTHORS.items() if not k.startswith("moh_")} if ov == "AUTHORS" else ov
             r = run_variant(args.suite, name, ov, args.store, args.steps, seed, args.eval_windows)
             results.append(r)
             if args.out:
